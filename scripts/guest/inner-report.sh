@@ -1,0 +1,50 @@
+# /etc/rc of the inner test guest (booted inside T by the VMM under test). Reports the
+# CPU topology the guest sees and writes a known pattern to the VMM's dump region, named
+# on the kernel command line as gapprobe.dump=0xADDR,0xSIZE. Every line it prints starts
+# with INNER- so the outer test can find it in the nested console output.
+
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+echo "INNER-INIT uptime=$(cut -d' ' -f1 /proc/uptime)"
+echo "INNER-NPROC $(nproc)"
+cpu=0
+while [ -d "/sys/devices/system/cpu/cpu$cpu" ]; do
+    echo "INNER-SIBLINGS cpu$cpu $(cat "/sys/devices/system/cpu/cpu$cpu/topology/thread_siblings_list")"
+    cpu=$((cpu + 1))
+done
+
+# "GAPPROBE-DUMP-OK" as little-endian 32-bit words, at the start and at the end of the
+# region, so the outer side checks both ends of the mapping.
+PATTERN_WORDS="0x50504147 0x45424f52 0x4d55442d 0x4b4f2d50"
+PATTERN_BYTES=16
+
+write_pattern() {
+    at=$1
+    for word in $PATTERN_WORDS; do
+        devmem "$at" 32 "$word" || return 1
+        at=$((at + 4))
+    done
+}
+
+dump=
+for arg in $(cat /proc/cmdline); do
+    case $arg in gapprobe.dump=*) dump=${arg#gapprobe.dump=} ;; esac
+done
+if [ -z "$dump" ]; then
+    echo "INNER-DUMP-ERROR no gapprobe.dump= on the kernel command line: $(cat /proc/cmdline)"
+else
+    addr=$((${dump%,*})) size=$((${dump#*,}))
+    if [ "$size" -lt $((2 * PATTERN_BYTES)) ]; then
+        echo "INNER-DUMP-ERROR region of $size bytes is too small for the pattern"
+    elif write_pattern "$addr" && write_pattern $((addr + size - PATTERN_BYTES)); then
+        echo "INNER-DUMP-WRITTEN $dump"
+    else
+        echo "INNER-DUMP-ERROR devmem could not write to $dump"
+    fi
+fi
+sleep 0.2
+poweroff -f
