@@ -17,7 +17,7 @@ use crate::cpuid::CpuTopology;
 use crate::error::VmmError;
 use crate::layout::{
     ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, ACPI_TABLES_END, ACPI_TABLES_START,
-    APIC_DEFAULT_PHYS_BASE, IO_APIC_DEFAULT_PHYS_BASE,
+    APIC_DEFAULT_PHYS_BASE, COM1_IRQ, COM1_PORT_BASE, COM_PORT_SPAN, IO_APIC_DEFAULT_PHYS_BASE,
 };
 
 const OEM_ID: [u8; 6] = *b"GAPPRB";
@@ -27,6 +27,8 @@ const OEM_REVISION: u32 = 1;
 const DSDT_REVISION: u8 = 2;
 /// Size of the common ACPI table header (ACPI spec 5.2.6).
 const ACPI_TABLE_HEADER_SIZE: u32 = 36;
+/// PNP ID of a 16550A-compatible UART.
+const PNP_16550_UART: &str = "PNP0501";
 
 /// The SLP_TYP value the DSDT's `_S5_` object gives; the guest writes it back at power-off.
 pub const S5_SLEEP_TYPE: u8 = 5;
@@ -126,8 +128,28 @@ fn dsdt() -> Sdt {
     );
     let mut body = Vec::new();
     s5.to_aml_bytes(&mut body);
+    body.extend(com1_device());
     dsdt.append_slice(&body);
     dsdt
+}
+
+/// COM1 as an ACPI device. On a hardware-reduced platform there is no legacy PIC and ISA
+/// IRQ 4 is not wired up by default, so the 8250 driver only gets its interrupt (and
+/// userspace its console output) through this device's _CRS.
+fn com1_device() -> Vec<u8> {
+    let hid = aml::EISAName::new(PNP_16550_UART);
+    let ports = aml::IO::new(COM1_PORT_BASE, COM1_PORT_BASE, 1, COM_PORT_SPAN as u8);
+    // Consumer, edge-triggered, active high, exclusive.
+    let irq = aml::Interrupt::new(true, true, false, false, COM1_IRQ);
+    let resources = aml::ResourceTemplate::new(vec![&ports, &irq]);
+    let hid_name = aml::Name::new("_HID".into(), &hid);
+    let uid_name = aml::Name::new("_UID".into(), &0u8);
+    let crs_name = aml::Name::new("_CRS".into(), &resources);
+    let device = aml::Device::new("COM1".into(), vec![&hid_name, &uid_name, &crs_name]);
+    let scope = aml::Scope::new("\\_SB_".into(), vec![&device]);
+    let mut bytes = Vec::new();
+    scope.to_aml_bytes(&mut bytes);
+    bytes
 }
 
 fn fadt(dsdt_address: u64) -> impl Aml {
@@ -223,7 +245,16 @@ mod tests {
         assert_eq!(&dsdt[..4], b"DSDT");
         assert!(checksum_ok(dsdt));
         // NameOp "_S5_" PackageOp len=5 count=2 BytePrefix 5, ZeroOp
-        assert_eq!(&dsdt[36..], &[0x08, b'_', b'S', b'5', b'_', 0x12, 0x05, 0x02, 0x0a, 0x05, 0x00]);
+        assert_eq!(
+            &dsdt[36..47],
+            &[0x08, b'_', b'S', b'5', b'_', 0x12, 0x05, 0x02, 0x0a, 0x05, 0x00]
+        );
+        let contains = |needle: &[u8]| dsdt.windows(needle.len()).any(|w| w == needle);
+        assert!(contains(b"\\_SB_") && contains(b"COM1"), "COM1 device missing");
+        // IO descriptor (decode16, 0x3f8-0x3f8, align 1, 8 ports), then the extended
+        // IRQ descriptor (consumer, edge, active high) for GSI 4.
+        assert!(contains(&[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]));
+        assert!(contains(&[0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00]));
     }
 
     #[test]

@@ -66,9 +66,9 @@ fn load_bzimage(
         path: path.to_path_buf(),
         reason,
     };
-    let mut file = File::open(path).map_err(|source| VmmError::Open {
+    let mut file = File::open(path).map_err(|reason| VmmError::Open {
         path: path.to_path_buf(),
-        source,
+        reason,
     })?;
     let file_len = file
         .metadata()
@@ -115,15 +115,15 @@ pub(crate) fn load_initrd(
     kernel: &LoadedImage,
     path: &Path,
 ) -> Result<(u64, u64), VmmError> {
-    let mut file = File::open(path).map_err(|source| VmmError::Open {
+    let mut file = File::open(path).map_err(|reason| VmmError::Open {
         path: path.to_path_buf(),
-        source,
+        reason,
     })?;
     let size = file
         .metadata()
-        .map_err(|source| VmmError::Open {
+        .map_err(|reason| VmmError::Open {
             path: path.to_path_buf(),
-            source,
+            reason,
         })?
         .len();
     let ceiling = kernel.setup.map_or(layout.low_ram_end(), |setup| {

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 pub enum VmmError {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
-    #[error("cannot open {}: {source}", path.display())]
+    #[error("cannot open {}: {reason}", path.display())]
     Open {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("{}: {reason}", path.display())]
     BadImage { path: PathBuf, reason: String },
@@ -17,15 +17,15 @@ pub enum VmmError {
     DoesNotFit { what: &'static str, reason: String },
     #[error("guest memory: {0}")]
     Memory(String),
-    #[error("KVM {what} failed: {source}")]
+    #[error("KVM {what} failed: {reason}")]
     Kvm {
         what: &'static str,
-        source: kvm_ioctls::Error,
+        reason: kvm_ioctls::Error,
     },
-    #[error("{what} failed: {source}")]
+    #[error("{what} failed: {reason}")]
     Host {
         what: &'static str,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("dump region {}: {reason}", path.display())]
     DumpRegion { path: PathBuf, reason: String },
@@ -36,11 +36,11 @@ pub enum VmmError {
 impl VmmError {
     /// Wraps a failed KVM ioctl, naming the call.
     pub(crate) fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Self {
-        move |source| VmmError::Kvm { what, source }
+        move |reason| VmmError::Kvm { what, reason }
     }
 
     /// Wraps a failed host system call, naming it.
     pub(crate) fn host(what: &'static str) -> impl FnOnce(std::io::Error) -> Self {
-        move |source| VmmError::Host { what, source }
+        move |reason| VmmError::Host { what, reason }
     }
 }

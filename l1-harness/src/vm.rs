@@ -202,7 +202,7 @@ impl Vm {
     pub fn run(self, on_note: impl Fn(String)) -> Result<VmExit, VmmError> {
         register_signal_handler(SIGRTMIN(), kick_handler).map_err(|err| VmmError::Host {
             what: "installing the vCPU kick signal handler",
-            source: std::io::Error::from_raw_os_error(err.errno()),
+            reason: std::io::Error::from_raw_os_error(err.errno()),
         })?;
         if let Some(plan) = &self.placement {
             if let Some(cpu) = plan.service_cpu {

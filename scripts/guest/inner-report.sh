@@ -22,10 +22,12 @@ done
 PATTERN_WORDS="0x50504147 0x45424f52 0x4d55442d 0x4b4f2d50"
 PATTERN_BYTES=16
 
+# Leaves the failing address in $failed_at.
 write_pattern() {
     at=$1
     for word in $PATTERN_WORDS; do
-        devmem "$at" 32 "$word" || return 1
+        failed_at=$(printf 0x%x "$at")
+        devmem "$failed_at" 32 "$word" || return 1
         at=$((at + 4))
     done
 }
@@ -43,7 +45,7 @@ else
     elif write_pattern "$addr" && write_pattern $((addr + size - PATTERN_BYTES)); then
         echo "INNER-DUMP-WRITTEN $dump"
     else
-        echo "INNER-DUMP-ERROR devmem could not write to $dump"
+        echo "INNER-DUMP-ERROR devmem could not write $failed_at in region $dump"
     fi
 fi
 sleep 0.2

@@ -72,13 +72,13 @@ fn run() -> Result<(), BoxError> {
     let single_out = out_dir.join("gapprobe-bench-single");
     let dump_out = out_dir.join("gapprobe-bench-dump");
     let trace = instance.path().join("trace");
-    let mut results: [(&str, Vec<f64>, u64); 3] = [
-        ("cat trace > file", Vec::new(), 0),
-        ("read(trace, 4 MiB) > file", Vec::new(), 0),
-        ("Instance::dump_to", Vec::new(), 0),
+    let mut results = [
+        Method::new("cat trace > file"),
+        Method::new("read(trace, 4 MiB) > file"),
+        Method::new("Instance::dump_to"),
     ];
     for round in 0..rounds {
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), cpu_seconds(libc::RUSAGE_CHILDREN));
         let status = Command::new("cat")
             .arg(&trace)
             .stdout(Stdio::from(File::create(&cat_out)?))
@@ -86,45 +86,48 @@ fn run() -> Result<(), BoxError> {
         if !status.success() {
             return Err(format!("cat {} failed: {status}", trace.display()).into());
         }
-        results[0].1.push(started.elapsed().as_secs_f64());
-        results[0].2 = fs::metadata(&cat_out)?.len();
+        let bytes = fs::metadata(&cat_out)?.len();
+        results[0].record(started, cpu_seconds(libc::RUSAGE_CHILDREN) - cpu, bytes);
 
-        let started = Instant::now();
-        results[1].2 = copy_single_stream(&trace, &single_out)?;
-        results[1].1.push(started.elapsed().as_secs_f64());
+        let (started, cpu) = (Instant::now(), cpu_seconds(libc::RUSAGE_SELF));
+        let bytes = copy_single_stream(&trace, &single_out)?;
+        results[1].record(started, cpu_seconds(libc::RUSAGE_SELF) - cpu, bytes);
 
+        let (started, cpu) = (Instant::now(), cpu_seconds(libc::RUSAGE_SELF));
         let report = instance.dump_to(&dump_out)?;
         if !report.is_complete() {
             return Err(format!("dump incomplete: {:?}", report.completeness).into());
         }
-        results[2].1.push(report.duration.as_secs_f64());
-        results[2].2 = report.bytes;
+        results[2].record(started, cpu_seconds(libc::RUSAGE_SELF) - cpu, report.bytes);
         println!(
-            "round {}: cat {:.3} s, single stream {:.3} s, dump_to {:.3} s",
+            "round {}: cat {:.3} s, single stream {:.3} s, dump_to {:.3} s (its report: {:.3} s)",
             round + 1,
-            results[0].1[round],
-            results[1].1[round],
-            results[2].1[round]
+            results[0].wall[round],
+            results[1].wall[round],
+            results[2].wall[round],
+            report.duration.as_secs_f64()
         );
     }
 
-    let cat_best = best(&results[0].1);
+    let cat_best = best(&results[0].wall);
     println!();
     println!(
-        "{:<28} {:>12} {:>9} {:>9} {:>9} {:>13}",
-        "method", "bytes", "best s", "median s", "MiB/s", "time vs cat"
+        "{:<26} {:>11} {:>8} {:>8} {:>7} {:>10} {:>8}",
+        "method", "bytes", "best s", "median s", "MiB/s", "CPU s(med)", "vs cat"
     );
-    for (name, times, bytes) in &results {
+    for method in &results {
         println!(
-            "{:<28} {:>12} {:>9.3} {:>9.3} {:>9.1} {:>13.2}",
-            name,
-            bytes,
-            best(times),
-            median(times),
-            *bytes as f64 / MIB / best(times),
-            best(times) / cat_best
+            "{:<26} {:>11} {:>8.3} {:>8.3} {:>7.1} {:>10.3} {:>8.2}",
+            method.name,
+            method.bytes,
+            best(&method.wall),
+            median(&method.wall),
+            method.bytes as f64 / MIB / best(&method.wall),
+            median(&method.cpu),
+            best(&method.wall) / cat_best
         );
     }
+    println!("(vs cat: best wall time divided by cat's best; below 1 is faster)");
 
     let verdict = compare_with_cat(&fs::read(&cat_out)?, &fs::read(&dump_out)?);
     println!();
@@ -254,6 +257,43 @@ fn compare_with_cat(cat: &[u8], dump: &[u8]) -> String {
         timestamps.len(),
         cat == dump
     )
+}
+
+/// Timings of one dump method over the rounds.
+struct Method {
+    name: &'static str,
+    wall: Vec<f64>,
+    cpu: Vec<f64>,
+    bytes: u64,
+}
+
+impl Method {
+    fn new(name: &'static str) -> Self {
+        Method {
+            name,
+            wall: Vec::new(),
+            cpu: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn record(&mut self, started: Instant, cpu_seconds: f64, bytes: u64) {
+        self.wall.push(started.elapsed().as_secs_f64());
+        self.cpu.push(cpu_seconds);
+        self.bytes = bytes;
+    }
+}
+
+/// User plus system CPU time of this process (all threads) or of its waited-for children.
+fn cpu_seconds(who: libc::c_int) -> f64 {
+    // SAFETY: rusage is plain data that getrusage fills.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(who, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 fn best(times: &[f64]) -> f64 {

@@ -18,7 +18,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -179,17 +179,37 @@ fn create_temp_beside(target: &Path) -> Result<(PathBuf, File)> {
     Err(TracefsError::io(dir, "finding a free temporary file name", last_error))
 }
 
+/// Whole lines of one CPU's trace, with where each line ends and its merge key.
+struct Lines {
+    text: Vec<u8>,
+    marks: Vec<LineMark>,
+}
+
+#[derive(Clone, Copy)]
+struct LineMark {
+    /// Offset just past the line's newline.
+    end: usize,
+    /// The line's timestamp; lines without one (continuations) carry the previous line's.
+    timestamp_ns: u64,
+}
+
 /// What a reader thread hands to the merger.
 enum Piece {
     /// The leading `#` lines of the file (sent once, first).
     Header(Vec<u8>),
-    /// Whole lines.
-    Lines(Vec<u8>),
+    Lines(Lines),
     Failed(io::Error),
 }
 
-/// Reads one per-CPU trace file in chunks of whole lines until EOF or until the merger hangs up.
-fn read_cpu_trace(path: &Path, chunk_bytes: usize, tx: &SyncSender<Piece>) {
+/// Reads one per-CPU trace file in chunks of whole lines, finding each line's timestamp (the
+/// parsing runs here, in parallel, not in the merger), until EOF or until the merger hangs up.
+/// Buffers come back from the merger through `recycled`: reusing them avoids page faults.
+fn read_cpu_trace(
+    path: &Path,
+    chunk_bytes: usize,
+    tx: &SyncSender<Piece>,
+    recycled: &Receiver<Lines>,
+) {
     let mut file = match File::open(path) {
         Ok(file) => file,
         Err(e) => {
@@ -198,13 +218,21 @@ fn read_cpu_trace(path: &Path, chunk_bytes: usize, tx: &SyncSender<Piece>) {
         }
     };
     let mut header = Some(Vec::new());
-    let mut pending = Vec::new();
+    let mut carry = Vec::new();
+    let mut last_timestamp = 0;
     loop {
-        let mut filled = pending.len();
-        pending.resize(filled + chunk_bytes, 0);
+        let mut lines = recycled.try_recv().unwrap_or_else(|_| Lines {
+            text: Vec::with_capacity(chunk_bytes),
+            marks: Vec::new(),
+        });
+        let text = &mut lines.text;
+        text.clear();
+        text.extend_from_slice(&carry);
+        let mut filled = text.len();
+        text.resize(filled + chunk_bytes, 0);
         let mut eof = false;
-        while filled < pending.len() {
-            match file.read(&mut pending[filled..]) {
+        while filled < text.len() {
+            match file.read(&mut text[filled..]) {
                 Ok(0) => {
                     eof = true;
                     break;
@@ -217,31 +245,50 @@ fn read_cpu_trace(path: &Path, chunk_bytes: usize, tx: &SyncSender<Piece>) {
                 }
             }
         }
-        pending.truncate(filled);
-        if eof && pending.last().is_some_and(|&b| b != b'\n') {
-            pending.push(b'\n');
+        text.truncate(filled);
+        if eof && text.last().is_some_and(|&b| b != b'\n') {
+            text.push(b'\n');
         }
-        let whole = pending.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let tail = pending.split_off(whole);
-        let mut lines = std::mem::replace(&mut pending, tail);
+        let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        carry.clear();
+        carry.extend_from_slice(&text[whole..]);
+        text.truncate(whole);
 
         if let Some(head) = header.as_mut() {
-            let body_start = header_len(&lines);
-            head.extend_from_slice(&lines[..body_start]);
-            lines.drain(..body_start);
-            if lines.is_empty() && !eof {
+            let body_start = header_len(text);
+            head.extend_from_slice(&text[..body_start]);
+            text.drain(..body_start);
+            if text.is_empty() && !eof {
                 continue;
             }
             if tx.send(Piece::Header(header.take().unwrap_or_default())).is_err() {
                 return;
             }
         }
-        if !lines.is_empty() && tx.send(Piece::Lines(lines)).is_err() {
-            return;
+        if !text.is_empty() {
+            mark_lines(&mut lines, &mut last_timestamp);
+            if tx.send(Piece::Lines(lines)).is_err() {
+                return;
+            }
         }
         if eof {
             return;
         }
+    }
+}
+
+fn mark_lines(lines: &mut Lines, last_timestamp: &mut u64) {
+    lines.marks.clear();
+    let mut start = 0;
+    for newline in lines.text.iter().enumerate().filter(|(_, &b)| b == b'\n').map(|(i, _)| i) {
+        if let Some(ts) = trace_text::timestamp_ns(&lines.text[start..newline]) {
+            *last_timestamp = ts;
+        }
+        start = newline + 1;
+        lines.marks.push(LineMark {
+            end: start,
+            timestamp_ns: *last_timestamp,
+        });
     }
 }
 
@@ -276,10 +323,10 @@ struct CpuStream {
     cpu: u32,
     path: PathBuf,
     rx: Receiver<Piece>,
-    chunk: Vec<u8>,
-    pos: usize,
-    /// Timestamp of the current line; continuation lines inherit the previous one's.
-    key: u64,
+    recycle: Sender<Lines>,
+    lines: Lines,
+    /// Index in `lines.marks` of the next line to write.
+    next: usize,
     started: bool,
 }
 
@@ -289,9 +336,10 @@ impl CpuStream {
         loop {
             match self.rx.recv() {
                 Ok(Piece::Lines(lines)) => {
-                    self.chunk = lines;
-                    self.pos = 0;
-                    self.key = self.key_at(0);
+                    let used = std::mem::replace(&mut self.lines, lines);
+                    // The reader may be gone already; the buffer is then simply freed.
+                    let _ = self.recycle.send(used);
+                    self.next = 0;
                     return Ok(true);
                 }
                 Ok(Piece::Header(_)) => {}
@@ -303,16 +351,12 @@ impl CpuStream {
         }
     }
 
-    fn line_end(&self, from: usize) -> usize {
-        self.chunk[from..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(self.chunk.len(), |nl| from + nl + 1)
+    fn key(&self) -> u64 {
+        self.lines.marks[self.next].timestamp_ns
     }
 
-    fn key_at(&self, pos: usize) -> u64 {
-        let line = &self.chunk[pos..self.line_end(pos)];
-        trace_text::timestamp_ns(line).unwrap_or(self.key)
+    fn line_start(&self, index: usize) -> usize {
+        index.checked_sub(1).map_or(0, |prev| self.lines.marks[prev].end)
     }
 }
 
@@ -331,9 +375,12 @@ fn merge_cpu_traces(
         let mut streams = Vec::with_capacity(cpu_files.len());
         for (cpu, path) in cpu_files {
             let (tx, rx) = mpsc::sync_channel(chunks_ahead);
+            let (recycle, recycled) = mpsc::channel();
             let spawned = thread::Builder::new()
                 .name(format!("dump-cpu{cpu}"))
-                .spawn_scoped(scope, move || read_cpu_trace(path, chunk_bytes, &tx));
+                .spawn_scoped(scope, move || {
+                    read_cpu_trace(path, chunk_bytes, &tx, &recycled)
+                });
             if let Err(e) = spawned {
                 failure.get_or_insert(format!("starting a reader for {}: {e}", path.display()));
                 continue;
@@ -342,9 +389,12 @@ fn merge_cpu_traces(
                 cpu: *cpu,
                 path: path.clone(),
                 rx,
-                chunk: Vec::new(),
-                pos: 0,
-                key: 0,
+                recycle,
+                lines: Lines {
+                    text: Vec::new(),
+                    marks: Vec::new(),
+                },
+                next: 0,
                 started: false,
             });
         }
@@ -371,7 +421,7 @@ fn merge_cpu_traces(
         let mut heap = BinaryHeap::with_capacity(streams.len());
         for (index, stream) in streams.iter_mut().enumerate() {
             match stream.next_chunk() {
-                Ok(true) => heap.push(Reverse((stream.key, index))),
+                Ok(true) => heap.push(Reverse((stream.key(), index))),
                 Ok(false) => {}
                 Err(reason) => {
                     failure.get_or_insert(reason);
@@ -390,27 +440,23 @@ fn merge_cpu_traces(
             stream.started = true;
             emitted_any = true;
             loop {
-                let run_start = stream.pos;
-                loop {
-                    stream.pos = stream.line_end(stream.pos);
-                    if stream.pos == stream.chunk.len() {
-                        break;
-                    }
-                    stream.key = stream.key_at(stream.pos);
-                    if !below_bound(stream.key) {
-                        break;
-                    }
+                // Write the longest run of this CPU's lines that sorts before every other CPU.
+                let marks = &stream.lines.marks;
+                let mut end = stream.next + 1;
+                while end < marks.len() && below_bound(marks[end].timestamp_ns) {
+                    end += 1;
                 }
-                out.write_all(&stream.chunk[run_start..stream.pos])
-                    .map_err(write_error)?;
-                if stream.pos < stream.chunk.len() {
-                    heap.push(Reverse((stream.key, index)));
+                let run = stream.line_start(stream.next)..marks[end - 1].end;
+                out.write_all(&stream.lines.text[run]).map_err(write_error)?;
+                stream.next = end;
+                if end < marks.len() {
+                    heap.push(Reverse((stream.key(), index)));
                     break;
                 }
                 match stream.next_chunk() {
-                    Ok(true) if below_bound(stream.key) => {}
+                    Ok(true) if below_bound(stream.key()) => {}
                     Ok(true) => {
-                        heap.push(Reverse((stream.key, index)));
+                        heap.push(Reverse((stream.key(), index)));
                         break;
                     }
                     Ok(false) => break,

@@ -157,7 +157,7 @@ fn prefix_around_cpu_field(line: &[u8], open: usize) -> Option<Prefix> {
     if line.get(digits_end) != Some(&b']') {
         return None;
     }
-    let cpu = parse_decimal(&line[open + 1..digits_end])?;
+    let cpu = u32::try_from(parse_decimal(&line[open + 1..digits_end])?).ok()?;
 
     let mut end = trim_spaces_before(line, open);
     if end > 0 && line[end - 1] == b')' {
@@ -171,7 +171,7 @@ fn prefix_around_cpu_field(line: &[u8], open: usize) -> Option<Prefix> {
     if pid_start == 0 || line[pid_start - 1] != b'-' {
         return None;
     }
-    let pid = parse_decimal(&line[pid_start..end])?;
+    let pid = u32::try_from(parse_decimal(&line[pid_start..end])?).ok()?;
     let task_end = pid_start - 1;
     let task_start = line[..task_end]
         .iter()
@@ -208,17 +208,23 @@ fn parse_timestamp(token: &[u8]) -> Option<u64> {
     if frac.is_empty() || frac.len() > 9 {
         return None;
     }
-    let frac_ns = u64::from(parse_decimal::<u32>(frac)?) * 10u64.pow(9 - frac.len() as u32);
-    parse_decimal::<u64>(secs)?
+    let frac_ns = parse_decimal(frac)? * 10u64.pow(9 - frac.len() as u32);
+    parse_decimal(secs)?
         .checked_mul(NS_PER_SEC)?
         .checked_add(frac_ns)
 }
 
-fn parse_decimal<T: std::str::FromStr>(digits: &[u8]) -> Option<T> {
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+/// A non-empty run of ASCII digits as a number (hand-rolled: it runs for every line of a dump).
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
         return None;
     }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    digits.iter().try_fold(0u64, |value, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        value.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
 }
 
 fn count_digits(bytes: &[u8]) -> usize {

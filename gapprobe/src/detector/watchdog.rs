@@ -36,8 +36,18 @@ pub fn check_once(shared: &Shared) -> bool {
     false
 }
 
+/// Priority of the watchdog when it may have one: above every SCHED_OTHER task, so that
+/// ordinary load on the other CPUs cannot make it late, and below every real RT task.
+const WATCHDOG_FIFO_PRIORITY: i32 = 1;
+
 /// Runs until the run stops or the trigger has fired.
 pub fn run(shared: &Shared) {
+    let param = libc::sched_param {
+        sched_priority: WATCHDOG_FIFO_PRIORITY,
+    };
+    // SAFETY: plain syscall on this thread. Without privileges it fails and the watchdog
+    // stays SCHED_OTHER: later under load, still correct.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
     let interval = poll_interval(shared.config.max_gap);
     while !shared.stop.load(Relaxed) && !shared.trigger.has_fired() {
         check_once(shared);
