@@ -2,7 +2,8 @@
 # Writes a test initramfs whose /init is busybox-static running RC_SCRIPT as /etc/rc,
 # with `gapprobe initrd` (which checks that busybox is static).
 # usage: scripts/busybox-initrd.sh OUT RC_SCRIPT [SRC=DEST]...
-# env: GAPPROBE (default: the release build), BUSYBOX (default: busybox on PATH)
+# env: GAPPROBE (default: the release build), BUSYBOX (default: busybox on PATH),
+#      COMPRESS (gzip|none, default none)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,4 +20,4 @@ for extra in "$@"; do
     adds+=(--add "$extra")
 done
 # BusyBox picks the applet from argv[0]: as /init it is `init`, which reads /etc/inittab.
-exec "$gapprobe" initrd -o "$out" --init "$busybox" "${adds[@]}"
+exec "$gapprobe" initrd -o "$out" --init "$busybox" --compress "${COMPRESS:-none}" "${adds[@]}"

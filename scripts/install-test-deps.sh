@@ -32,8 +32,7 @@ cd "$CACHE_DIR"
 if compgen -G "${kernel_pkg}_*.deb" >/dev/null; then
     echo "install-test-deps: $kernel_pkg already in $CACHE_DIR"
 else
-    # apt-get download runs as the _apt user when it can; make the cache writable for it.
-    chmod 0755 "$CACHE_DIR"
-    apt-get download "$kernel_pkg"
+    # Root downloads into a root-owned cache: no point in apt's _apt sandbox user here.
+    apt-get download -o APT::Sandbox::User=root "$kernel_pkg"
 fi
 ls -l "$CACHE_DIR"/*.deb

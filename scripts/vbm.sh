@@ -12,6 +12,7 @@
 #   --kernel-deb DEB  kernel package (default: newest linux-image-*-cloud-amd64*.deb in
 #                     $GAPPROBE_TEST_CACHE, default /var/cache/gapprobe-test)
 #   --gapprobe PATH   static gapprobe for T's /bin (default: the release build)
+#   --compress gzip|none  compression of T's initramfs (default none: fastest under TCG)
 #   --with-qemu       also put the host's (dynamic) qemu-system-x86_64 into T, with its
 #                     shared libraries, loader and the x86 firmware it loads, as a
 #                     reference VMM for benchmarks (adds ~50 MB to T)
@@ -31,6 +32,7 @@ kernel_deb=
 gapprobe=$here/../target/x86_64-unknown-linux-gnu/release/gapprobe
 adds=()
 with_qemu=
+compress=none
 
 EXIT_USAGE=2
 EXIT_SETUP=3
@@ -46,6 +48,7 @@ while [ $# -gt 0 ]; do
         --kernel-deb) kernel_deb=$2; shift 2 ;;
         --gapprobe) gapprobe=$2; shift 2 ;;
         --with-qemu) with_qemu=1; shift ;;
+        --compress) compress=$2; shift 2 ;;
         --) shift; break ;;
         *) fail $EXIT_USAGE "unknown option $1 (usage: $0 [options] -- COMMAND...)" ;;
     esac
@@ -69,11 +72,15 @@ fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/vbm.XXXXXX")
 qemu_pid=
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     if [ -n "$qemu_pid" ]; then kill "$qemu_pid" 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
+# Interrupted (Ctrl-C, a test runner's kill): exit through the EXIT trap so QEMU goes too.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # Only the kernel image and the three KVM modules are needed from the package.
 dpkg-deb --fsys-tarfile "$kernel_deb" | tar -x -C "$work" --wildcards \
@@ -121,7 +128,7 @@ if [ -n "$with_qemu" ]; then
 fi
 
 printf '%s\n' "$*" >"$work/command"
-GAPPROBE=$gapprobe "$here/busybox-initrd.sh" "$work/t.cpio" "$here/guest/t-rc.sh" \
+GAPPROBE=$gapprobe COMPRESS=$compress "$here/busybox-initrd.sh" "$work/t.cpio" "$here/guest/t-rc.sh" \
     "${module_adds[@]}" "$vmlinuz=/boot/vmlinuz" "$gapprobe=/bin/gapprobe" \
     "$work/command=/etc/vbm/command" "${adds[@]}" >/dev/null \
     || fail $EXIT_USAGE "building T's initramfs failed"
@@ -137,7 +144,7 @@ exec 3< <(timeout -k 5 "$timeout_s" stdbuf -oL qemu-system-x86_64 \
     </dev/null 2>&1)
 qemu_pid=$!
 
-result= setup_failed= ready_at=
+result='' setup_failed='' ready_at=''
 while IFS= read -r line <&3 || [ -n "$line" ]; do
     line=${line%$'\r'}
     # SeaBIOS draws with terminal escapes (reset, CSI) before the kernel starts.

@@ -5,6 +5,7 @@ mod cli;
 mod coresched;
 mod detector;
 mod exit;
+mod guest;
 mod initrd_cmd;
 mod report;
 mod result;
@@ -21,6 +22,9 @@ use cli::{Cli, Command};
 use exit::EXIT_USAGE;
 
 fn main() -> ExitCode {
+    if guest::is_init() {
+        guest::run_as_init();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {

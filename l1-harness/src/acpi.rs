@@ -7,7 +7,9 @@
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -250,11 +252,16 @@ mod tests {
             &[0x08, b'_', b'S', b'5', b'_', 0x12, 0x05, 0x02, 0x0a, 0x05, 0x00]
         );
         let contains = |needle: &[u8]| dsdt.windows(needle.len()).any(|w| w == needle);
-        assert!(contains(b"\\_SB_") && contains(b"COM1"), "COM1 device missing");
+        assert!(
+            contains(b"\\_SB_") && contains(b"COM1"),
+            "COM1 device missing"
+        );
         // IO descriptor (decode16, 0x3f8-0x3f8, align 1, 8 ports), then the extended
         // IRQ descriptor (consumer, edge, active high) for GSI 4.
         assert!(contains(&[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]));
-        assert!(contains(&[0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00]));
+        assert!(contains(&[
+            0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00
+        ]));
     }
 
     #[test]

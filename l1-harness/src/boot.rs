@@ -10,7 +10,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::config::KernelImage;
 use crate::error::VmmError;
-use crate::layout::{MemoryLayout, CMDLINE_CAPACITY, CMDLINE_START, HIMEM_START, PAGE_SIZE, ZERO_PAGE_START};
+use crate::layout::{
+    MemoryLayout, CMDLINE_CAPACITY, CMDLINE_START, HIMEM_START, PAGE_SIZE, ZERO_PAGE_START,
+};
 
 /// Boot protocol 2.12 added `xloadflags`; XLF_KERNEL_64 says the 64-bit entry exists.
 const BOOT_PROTOCOL_2_12: u16 = 0x020c;
@@ -127,7 +129,9 @@ pub(crate) fn load_initrd(
         })?
         .len();
     let ceiling = kernel.setup.map_or(layout.low_ram_end(), |setup| {
-        layout.low_ram_end().min(u64::from(setup.initrd_addr_max) + 1)
+        layout
+            .low_ram_end()
+            .min(u64::from(setup.initrd_addr_max) + 1)
     });
     let address = ceiling
         .checked_sub(size)
@@ -257,7 +261,8 @@ mod tests {
         assert_eq!(kernel.entry, HIMEM_START + STARTUP_64_OFFSET);
         assert_eq!(kernel.kernel_end, HIMEM_START + (8 << 20));
         let mut code = [0u8; 4];
-        mem.read_slice(&mut code, GuestAddress(HIMEM_START)).unwrap();
+        mem.read_slice(&mut code, GuestAddress(HIMEM_START))
+            .unwrap();
         assert_eq!(&code, b"\x0f\x0b\xeb\xfe");
 
         let initrd = write_temp(&[0x5a; 10_000]);
@@ -266,8 +271,15 @@ mod tests {
         assert_eq!(address % PAGE_SIZE, 0);
         assert!(address + size <= 64 << 20 && address >= kernel.kernel_end);
 
-        write_boot_params(&mem, &layout, &kernel, "console=ttyS0", Some((address, size)), 0xe0000)
-            .unwrap();
+        write_boot_params(
+            &mem,
+            &layout,
+            &kernel,
+            "console=ttyS0",
+            Some((address, size)),
+            0xe0000,
+        )
+        .unwrap();
         let params: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         let hdr = params.hdr;
         assert_eq!({ hdr.header }, 0x5372_6448);
@@ -282,9 +294,13 @@ mod tests {
         assert_eq!({ params.acpi_rsdp_addr }, 0xe0000);
         assert_eq!(params.e820_entries as usize, layout.e820().len());
         let last = params.e820_table[params.e820_entries as usize - 1];
-        assert_eq!(({ last.addr } + { last.size }, { last.r#type }), (64 << 20, E820_RAM));
+        assert_eq!(
+            ({ last.addr } + { last.size }, { last.r#type }),
+            (64 << 20, E820_RAM)
+        );
         let mut cmdline = [0u8; 14];
-        mem.read_slice(&mut cmdline, GuestAddress(CMDLINE_START)).unwrap();
+        mem.read_slice(&mut cmdline, GuestAddress(CMDLINE_START))
+            .unwrap();
         assert_eq!(&cmdline, b"console=ttyS0\0");
     }
 
@@ -322,7 +338,10 @@ mod tests {
         let big = write_temp(&vec![0u8; 40 << 20]);
         assert!(matches!(
             load_initrd(&mem, &layout, &kernel, big.path()),
-            Err(VmmError::DoesNotFit { what: "initramfs", .. })
+            Err(VmmError::DoesNotFit {
+                what: "initramfs",
+                ..
+            })
         ));
     }
 

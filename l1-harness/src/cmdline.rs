@@ -1,14 +1,17 @@
 //! The kernel command line the guest gets: the user's, plus what the VMM must announce.
 
-/// Builds the guest command line: a serial console unless the user chose a console, the
-/// user's arguments, and the dump region's guest-physical address and size.
+/// Builds the guest command line: a serial console unless the user chose a console,
+/// `pci=off` (the VM has no PCI; the kernel's probe would print an error on every boot)
+/// unless the user chose a `pci=` option, the user's arguments, and the dump region's
+/// guest-physical address and size.
 pub fn guest_cmdline(user: &str, dump_region: Option<(u64, u64)>) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let user_console = user
-        .split_whitespace()
-        .any(|word| word.starts_with("console="));
-    if !user_console {
+    let user_sets = |key: &str| user.split_whitespace().any(|word| word.starts_with(key));
+    if !user_sets("console=") {
         parts.push("console=ttyS0".to_string());
+    }
+    if !user_sets("pci=") {
+        parts.push("pci=off".to_string());
     }
     let user = user.trim();
     if !user.is_empty() {
@@ -38,18 +41,21 @@ mod tests {
     fn adds_console_and_dump_region() {
         assert_eq!(
             guest_cmdline(" quiet  tsc=reliable ", Some((0xd000_0000, 0x400_0000))),
-            "console=ttyS0 quiet  tsc=reliable gapprobe.dump=0xd0000000,0x4000000"
+            "console=ttyS0 pci=off quiet  tsc=reliable gapprobe.dump=0xd0000000,0x4000000"
         );
-        assert_eq!(guest_cmdline("", None), "console=ttyS0");
+        assert_eq!(guest_cmdline("", None), "console=ttyS0 pci=off");
     }
 
     #[test]
     fn keeps_the_users_console() {
-        assert_eq!(guest_cmdline("console=hvc0 quiet", None), "console=hvc0 quiet");
+        assert_eq!(
+            guest_cmdline("console=hvc0 pci=nommconf quiet", None),
+            "console=hvc0 pci=nommconf quiet"
+        );
         // A word that merely contains "console=" is not a console choice.
         assert_eq!(
             guest_cmdline("earlyconsole=x", None),
-            "console=ttyS0 earlyconsole=x"
+            "console=ttyS0 pci=off earlyconsole=x"
         );
     }
 

@@ -117,9 +117,16 @@ mod tests {
         let (events, received) = channel();
         let (lines, printed) = channel();
         let mut writer = ConsoleWriter::new(Box::new(LineSender::new(lines)), events);
-        writer.write_all(b"[    1.0] ok\n[    2.0] Kernel panic - not sync").unwrap();
-        assert!(received.try_recv().is_err(), "reported before the line ended");
-        writer.write_all(b"ing: VFS: Unable to mount root fs\n").unwrap();
+        writer
+            .write_all(b"[    1.0] ok\n[    2.0] Kernel panic - not sync")
+            .unwrap();
+        assert!(
+            received.try_recv().is_err(),
+            "reported before the line ended"
+        );
+        writer
+            .write_all(b"ing: VFS: Unable to mount root fs\n")
+            .unwrap();
         match received.try_recv().unwrap() {
             VmEvent::Panic(line) => assert_eq!(
                 line,

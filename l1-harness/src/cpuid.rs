@@ -5,7 +5,9 @@
 //! set, through `amd_get_topology`), from leaf 0x8000001E on AMD family >= 0x17, and sizes
 //! the package from leaf 1 EBX[23:16] and, on AMD, leaf 0x80000008 ECX.
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES,
+};
 
 use crate::error::VmmError;
 
@@ -55,7 +57,7 @@ impl CpuTopology {
                 "{vcpus} vCPUs: must be 1 to {MAX_VCPUS}"
             )));
         }
-        if threads_per_core == 0 || vcpus % threads_per_core != 0 {
+        if threads_per_core == 0 || !vcpus.is_multiple_of(threads_per_core) {
             return Err(VmmError::InvalidConfig(format!(
                 "{vcpus} vCPUs cannot be laid out as cores of {threads_per_core} threads"
             )));
@@ -156,7 +158,12 @@ pub fn guest_cpuid(
     }
 
     entries.retain(|entry| {
-        ![LEAF_EXT_TOPOLOGY, LEAF_V2_EXT_TOPOLOGY, LEAF_AMD_EXT_APIC_ID].contains(&entry.function)
+        ![
+            LEAF_EXT_TOPOLOGY,
+            LEAF_V2_EXT_TOPOLOGY,
+            LEAF_AMD_EXT_APIC_ID,
+        ]
+        .contains(&entry.function)
     });
     entries.extend(extended_topology(LEAF_EXT_TOPOLOGY, topology, apic_id));
     if max_basic >= LEAF_V2_EXT_TOPOLOGY {
@@ -227,7 +234,8 @@ fn patch_cache_parameters(entry: &mut kvm_cpuid_entry2, topology: &CpuTopology) 
         topology.smt_bits()
     };
     let cores_bits = topology.package_bits() - topology.smt_bits();
-    entry.eax = (entry.eax & 0x3fff) | (((1 << sharing_bits) - 1) << 14) | (((1 << cores_bits) - 1) << 26);
+    entry.eax =
+        (entry.eax & 0x3fff) | (((1 << sharing_bits) - 1) << 14) | (((1 << cores_bits) - 1) << 26);
 }
 
 /// Leaf 0xB or 0x1F: subleaf 0 the SMT level, 1 the core level, 2 the terminating level.
@@ -334,11 +342,17 @@ mod tests {
     #[test]
     fn apic_ids_pack_threads_then_cores() {
         let two_by_two = CpuTopology::new(4, 2).unwrap();
-        assert_eq!((0..4).map(|i| two_by_two.apic_id(i)).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(
+            (0..4).map(|i| two_by_two.apic_id(i)).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
         assert_eq!(two_by_two.package_bits(), 2);
         // Three threads per core need two APIC ID bits: IDs skip 3.
         let three = CpuTopology::new(6, 3).unwrap();
-        assert_eq!((0..6).map(|i| three.apic_id(i)).collect::<Vec<_>>(), [0, 1, 2, 4, 5, 6]);
+        assert_eq!(
+            (0..6).map(|i| three.apic_id(i)).collect::<Vec<_>>(),
+            [0, 1, 2, 4, 5, 6]
+        );
         assert!(CpuTopology::new(5, 2).is_err());
         assert!(CpuTopology::new(0, 1).is_err());
         assert!(CpuTopology::new(MAX_VCPUS + 1, 1).is_err());
@@ -352,7 +366,11 @@ mod tests {
         assert_eq!(find(&cpuid, LEAF_VENDOR, 0).eax, LEAF_EXT_TOPOLOGY);
         let features = find(&cpuid, LEAF_FEATURES, 0);
         assert_eq!(features.ebx >> 24, 3, "initial APIC ID");
-        assert_eq!((features.ebx >> 16) & 0xff, 4, "logical processors per package");
+        assert_eq!(
+            (features.ebx >> 16) & 0xff,
+            4,
+            "logical processors per package"
+        );
         assert_eq!(features.ebx & 0xffff, 0x0800, "CLFLUSH size kept");
         assert_ne!(features.edx & FEATURE_EDX_HTT, 0);
         assert_ne!(features.ecx & FEATURE_ECX_HYPERVISOR, 0);
@@ -362,7 +380,10 @@ mod tests {
         assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (1, 2, 0x100, 3));
         let core = find(&cpuid, LEAF_EXT_TOPOLOGY, 1);
         assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 4, 0x201, 3));
-        assert_eq!(find(&cpuid, LEAF_EXT_TOPOLOGY, 2).ecx >> 8, TOPOLOGY_LEVEL_INVALID);
+        assert_eq!(
+            find(&cpuid, LEAF_EXT_TOPOLOGY, 2).ecx >> 8,
+            TOPOLOGY_LEVEL_INVALID
+        );
 
         assert_eq!(find(&cpuid, LEAF_EXT_MAX, 0).eax, LEAF_AMD_EXT_APIC_ID);
         let ext = find(&cpuid, LEAF_EXT_FEATURES, 0);
@@ -371,9 +392,18 @@ mod tests {
         let sizes = find(&cpuid, LEAF_EXT_ADDRESS_SIZES, 0);
         assert_eq!((sizes.eax, sizes.ecx), (0x3030, (2 << 12) | 3));
         let ext_apic = find(&cpuid, LEAF_AMD_EXT_APIC_ID, 0);
-        assert_eq!((ext_apic.eax, ext_apic.ebx, ext_apic.ecx), (3, (1 << 8) | 1, 0));
-        assert!(cpuid.as_slice().iter().all(|entry| entry.function != LEAF_AMD_SVM));
-        assert_eq!(find(&cpuid, LEAF_KVM_FEATURES, 0).edx & KVM_HINTS_REALTIME, 0);
+        assert_eq!(
+            (ext_apic.eax, ext_apic.ebx, ext_apic.ecx),
+            (3, (1 << 8) | 1, 0)
+        );
+        assert!(cpuid
+            .as_slice()
+            .iter()
+            .all(|entry| entry.function != LEAF_AMD_SVM));
+        assert_eq!(
+            find(&cpuid, LEAF_KVM_FEATURES, 0).edx & KVM_HINTS_REALTIME,
+            0
+        );
     }
 
     #[test]
@@ -384,10 +414,16 @@ mod tests {
             realtime_hint: true,
         };
         let cpuid = guest_cpuid(&amd_supported(), &topology, 0, options).unwrap();
-        assert_ne!(find(&cpuid, LEAF_EXT_FEATURES, 0).ecx & EXT_FEATURE_ECX_SVM, 0);
+        assert_ne!(
+            find(&cpuid, LEAF_EXT_FEATURES, 0).ecx & EXT_FEATURE_ECX_SVM,
+            0
+        );
         assert_ne!(find(&cpuid, LEAF_FEATURES, 0).ecx & FEATURE_ECX_VMX, 0);
         assert_eq!(find(&cpuid, LEAF_AMD_SVM, 0).eax, 1);
-        assert_ne!(find(&cpuid, LEAF_KVM_FEATURES, 0).edx & KVM_HINTS_REALTIME, 0);
+        assert_ne!(
+            find(&cpuid, LEAF_KVM_FEATURES, 0).edx & KVM_HINTS_REALTIME,
+            0
+        );
     }
 
     #[test]

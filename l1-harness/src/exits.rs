@@ -4,7 +4,9 @@ use std::sync::mpsc::Sender;
 
 use vm_superio::{I8042Device, Trigger};
 
-use crate::acpi::{ACPI_X_SLEEP_ENABLE, ACPI_X_SLEEP_TYPE_MASK, ACPI_X_SLEEP_TYPE_POSITION, S5_SLEEP_TYPE};
+use crate::acpi::{
+    ACPI_X_SLEEP_ENABLE, ACPI_X_SLEEP_TYPE_MASK, ACPI_X_SLEEP_TYPE_POSITION, S5_SLEEP_TYPE,
+};
 use crate::layout::{
     ACPI_SLEEP_CONTROL_PORT, COM1_PORT_BASE, COM_PORT_SPAN, I8042_COMMAND_PORT, I8042_DATA_PORT,
 };

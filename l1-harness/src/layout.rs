@@ -92,13 +92,13 @@ impl MemoryLayout {
                 "guest memory of {mem_bytes} bytes is below the minimum of {MIN_MEM_BYTES}"
             )));
         }
-        if mem_bytes % PAGE_SIZE != 0 {
+        if !mem_bytes.is_multiple_of(PAGE_SIZE) {
             return Err(VmmError::InvalidConfig(format!(
                 "guest memory of {mem_bytes} bytes is not a multiple of {PAGE_SIZE}"
             )));
         }
         if let Some(size) = dump_bytes {
-            if size == 0 || size > DUMP_REGION_MAX_SIZE || size % PAGE_SIZE != 0 {
+            if size == 0 || size > DUMP_REGION_MAX_SIZE || !size.is_multiple_of(PAGE_SIZE) {
                 return Err(VmmError::InvalidConfig(format!(
                     "dump region size {size:#x} must be a non-zero multiple of {PAGE_SIZE:#x} \
                      up to {DUMP_REGION_MAX_SIZE:#x}"
@@ -164,6 +164,18 @@ impl MemoryLayout {
 
 pub const PAGE_SIZE: u64 = 4096;
 
+// The fixed areas must not overlap; checked at compile time.
+// Boot structures below the EBDA, in order.
+const _: () = assert!(GDT_START + 8 * 8 <= ZERO_PAGE_START);
+const _: () = assert!(ZERO_PAGE_START + PAGE_SIZE <= BOOT_STACK_POINTER + 0x10);
+const _: () = assert!(BOOT_STACK_POINTER < PML4_START);
+const _: () = assert!(PDE_START + IDENTITY_MAPPED_GIB * PAGE_SIZE <= CMDLINE_START);
+const _: () = assert!(CMDLINE_START + CMDLINE_CAPACITY as u64 <= EBDA_START);
+// The dump region fits in the gap below the IOAPIC; the KVM pages below 4 GiB.
+const _: () = assert!(DUMP_REGION_START >= MMIO_GAP_START);
+const _: () = assert!(DUMP_REGION_START + DUMP_REGION_MAX_SIZE <= IO_APIC_DEFAULT_PHYS_BASE);
+const _: () = assert!(KVM_TSS_START + 3 * PAGE_SIZE <= MMIO_GAP_END);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,7 +195,10 @@ mod tests {
         let layout = MemoryLayout::new(4 << 30, None).unwrap();
         assert_eq!(
             layout.ram_ranges(),
-            vec![(0, MMIO_GAP_START), (MMIO_GAP_END, (4 << 30) - MMIO_GAP_START)]
+            vec![
+                (0, MMIO_GAP_START),
+                (MMIO_GAP_END, (4 << 30) - MMIO_GAP_START)
+            ]
         );
         let e820 = layout.e820();
         assert_eq!(e820.last().unwrap().addr, MMIO_GAP_END);
@@ -209,20 +224,6 @@ mod tests {
                 entry.addr + entry.size <= dump_start || dump_start + dump_size <= entry.addr;
             assert!(disjoint, "{entry:?} overlaps the dump region");
         }
-    }
-
-    #[test]
-    fn fixed_areas_do_not_overlap() {
-        // Boot structures below the EBDA, in order, each within its page.
-        assert!(GDT_START + 8 * 8 <= ZERO_PAGE_START);
-        assert!(ZERO_PAGE_START + PAGE_SIZE <= BOOT_STACK_POINTER + 0x10);
-        assert!(BOOT_STACK_POINTER < PML4_START);
-        assert!(PDE_START + IDENTITY_MAPPED_GIB * PAGE_SIZE <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_CAPACITY as u64 <= EBDA_START);
-        // The dump region fits in the gap below the IOAPIC.
-        assert!(DUMP_REGION_START >= MMIO_GAP_START);
-        assert!(DUMP_REGION_START + DUMP_REGION_MAX_SIZE <= IO_APIC_DEFAULT_PHYS_BASE);
-        assert!(KVM_TSS_START + 3 * PAGE_SIZE <= MMIO_GAP_END);
     }
 
     #[test]

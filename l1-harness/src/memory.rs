@@ -56,13 +56,7 @@ pub(crate) fn register_slots(
 ) -> Result<(), VmmError> {
     let mut slots: Vec<(u64, u64, u64)> = ram
         .iter()
-        .map(|region| {
-            (
-                region.start_addr().0,
-                region.len(),
-                region.as_ptr() as u64,
-            )
-        })
+        .map(|region| (region.start_addr().0, region.len(), region.as_ptr() as u64))
         .collect();
     if let Some((address, mapping)) = dump {
         slots.push((address, mapping.size() as u64, mapping.as_ptr() as u64));

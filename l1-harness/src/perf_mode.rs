@@ -123,7 +123,9 @@ pub(crate) fn set_current_thread_fifo(priority: i32) -> std::io::Result<()> {
 
 /// Asks KVM to let the guest execute HLT and PAUSE natively; returns one note per part.
 pub(crate) fn disable_idle_exits(vm: &VmFd) -> Vec<String> {
-    let allowed = vm.check_extension_raw(u64::from(KVM_CAP_X86_DISABLE_EXITS)).max(0) as u32;
+    let allowed = vm
+        .check_extension_raw(u64::from(KVM_CAP_X86_DISABLE_EXITS))
+        .max(0) as u32;
     let mut notes = Vec::new();
     let mut wanted = 0;
     for (bit, name) in [
@@ -222,7 +224,10 @@ mod tests {
 
     #[test]
     fn performance_mode_pairs_vcpus_on_sibling_threads_after_cpu0s_core() {
-        let (_dir, host) = fake_host("0-7", &["0,4", "1,5", "2,6", "3,7", "0,4", "1,5", "2,6", "3,7"]);
+        let (_dir, host) = fake_host(
+            "0-7",
+            &["0,4", "1,5", "2,6", "3,7", "0,4", "1,5", "2,6", "3,7"],
+        );
         let topology = CpuTopology::new(4, 2).unwrap();
         let plan = plan_placement(Placement::Performance, &topology, &host)
             .unwrap()
@@ -245,7 +250,9 @@ mod tests {
         assert_eq!(plan.vcpu_cpus, vec![1, 2]);
         assert_eq!(plan.service_cpu, None);
         let many = CpuTopology::new(6, 2).unwrap();
-        let plan = plan_placement(Placement::Pinned, &many, &host).unwrap().unwrap();
+        let plan = plan_placement(Placement::Pinned, &many, &host)
+            .unwrap()
+            .unwrap();
         assert_eq!(plan.vcpu_cpus, vec![1, 2, 3, 0, 1, 2]);
         assert!(plan_placement(Placement::Floating, &many, &host)
             .unwrap()
@@ -254,7 +261,11 @@ mod tests {
 
     #[test]
     fn pinning_the_current_thread_takes_effect() {
-        let cpu = *HostTopology::from_host().unwrap().online_cpus().last().unwrap();
+        let cpu = *HostTopology::from_host()
+            .unwrap()
+            .online_cpus()
+            .last()
+            .unwrap();
         std::thread::spawn(move || {
             pin_current_thread(cpu).unwrap();
             // SAFETY: sched_getcpu has no preconditions.

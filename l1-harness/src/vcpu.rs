@@ -169,7 +169,9 @@ fn set_msrs(vcpu: &VcpuFd) -> Result<(), VmmError> {
     ];
     let msrs = Msrs::from_entries(&entries)
         .map_err(|err| VmmError::InvalidConfig(format!("MSR list: {err:?}")))?;
-    let written = vcpu.set_msrs(&msrs).map_err(VmmError::kvm("KVM_SET_MSRS"))?;
+    let written = vcpu
+        .set_msrs(&msrs)
+        .map_err(VmmError::kvm("KVM_SET_MSRS"))?;
     if written != entries.len() {
         return Err(VmmError::InvalidConfig(format!(
             "KVM refused MSR {:#x}",
@@ -189,7 +191,8 @@ fn set_lint(vcpu: &VcpuFd) -> Result<(), VmmError> {
             lapic.regs[offset + i] = *byte as _;
         }
     }
-    vcpu.set_lapic(&lapic).map_err(VmmError::kvm("KVM_SET_LAPIC"))
+    vcpu.set_lapic(&lapic)
+        .map_err(VmmError::kvm("KVM_SET_LAPIC"))
 }
 
 fn set_sregs(vcpu: &VcpuFd) -> Result<(), VmmError> {
@@ -213,7 +216,8 @@ fn set_sregs(vcpu: &VcpuFd) -> Result<(), VmmError> {
     sregs.cr4 |= X86_CR4_PAE;
     sregs.cr0 |= X86_CR0_PE | X86_CR0_ET | X86_CR0_PG;
     sregs.efer |= EFER_LME | EFER_LMA;
-    vcpu.set_sregs(&sregs).map_err(VmmError::kvm("KVM_SET_SREGS"))
+    vcpu.set_sregs(&sregs)
+        .map_err(VmmError::kvm("KVM_SET_SREGS"))
 }
 
 fn set_regs(vcpu: &VcpuFd, entry: u64) -> Result<(), VmmError> {
@@ -247,11 +251,17 @@ mod tests {
         let gdt = boot_gdt();
         let code = segment_from_gdt(gdt[BOOT_CS_INDEX], BOOT_CS_INDEX);
         assert_eq!(gdt[BOOT_CS_INDEX], 0x00af_9b00_0000_ffff);
-        assert_eq!((code.selector, code.l, code.db, code.type_), (0x10, 1, 0, 0xb));
+        assert_eq!(
+            (code.selector, code.l, code.db, code.type_),
+            (0x10, 1, 0, 0xb)
+        );
         assert_eq!((code.base, code.limit, code.present), (0, 0xffff_ffff, 1));
         let data = segment_from_gdt(gdt[BOOT_DS_INDEX], BOOT_DS_INDEX);
         assert_eq!(gdt[BOOT_DS_INDEX], 0x00cf_9300_0000_ffff);
-        assert_eq!((data.selector, data.db, data.type_, data.s), (0x18, 1, 0x3, 1));
+        assert_eq!(
+            (data.selector, data.db, data.type_, data.s),
+            (0x18, 1, 0x3, 1)
+        );
         let null = segment_from_gdt(gdt[0], 0);
         assert_eq!(null.unusable, 1);
         let base = segment_from_gdt(gdt_entry(GDT_FLAGS_DATA, 0x1234_5678, 0xff), 1);

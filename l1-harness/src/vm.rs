@@ -1,13 +1,14 @@
 //! Building a VM from a [`VmConfig`] and running it until the guest powers off, resets,
 //! panics, crashes or outlives the watchdog.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, kvm_run, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vm_superio::I8042Device;
@@ -26,8 +27,8 @@ use crate::host_topology::HostTopology;
 use crate::layout::{MemoryLayout, ACPI_TABLES_START, KVM_IDENTITY_MAP_START, KVM_TSS_START};
 use crate::memory::{guest_ram, register_slots, RamBacking};
 use crate::perf_mode::{
-    bind_memory, disable_idle_exits, pin_current_thread, plan_placement,
-    set_current_thread_fifo, PlacementPlan, SERVICE_FIFO_PRIORITY, VCPU_FIFO_PRIORITY,
+    bind_memory, disable_idle_exits, pin_current_thread, plan_placement, set_current_thread_fifo,
+    PlacementPlan, SERVICE_FIFO_PRIORITY, VCPU_FIFO_PRIORITY,
 };
 use crate::serial::com1;
 use crate::watchdog::Watchdog;
@@ -49,8 +50,10 @@ pub enum VmExit {
 
 /// How long to wait for a vCPU thread to leave KVM_RUN once told to stop.
 const VCPU_STOP_GRACE: Duration = Duration::from_secs(5);
-/// How often to re-send the stop signal (it may land just before KVM_RUN is entered).
-const VCPU_KICK_INTERVAL: Duration = Duration::from_millis(2);
+/// How often to look whether a stopped vCPU thread is done, and to re-send the signal in
+/// case the thread had not registered its kvm_run page yet.
+const VCPU_JOIN_POLL: Duration = Duration::from_millis(5);
+const VCPU_KICK_RETRY: Duration = Duration::from_millis(500);
 
 /// A VM, set up and ready to run.
 pub struct Vm {
@@ -98,7 +101,8 @@ impl Vm {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        vm.create_pit2(pit).map_err(VmmError::kvm("KVM_CREATE_PIT2"))?;
+        vm.create_pit2(pit)
+            .map_err(VmmError::kvm("KVM_CREATE_PIT2"))?;
         if performance {
             notes.extend(disable_idle_exits(&vm));
         }
@@ -135,7 +139,14 @@ impl Vm {
         ram.write_slice(&acpi.bytes, GuestAddress(ACPI_TABLES_START))
             .map_err(|err| VmmError::Memory(format!("ACPI tables: {err}")))?;
         let cmdline = guest_cmdline(&config.cmdline, layout.dump_region());
-        write_boot_params(&ram, &layout, &kernel, &cmdline, initrd, acpi.rsdp_address())?;
+        write_boot_params(
+            &ram,
+            &layout,
+            &kernel,
+            &cmdline,
+            initrd,
+            acpi.rsdp_address(),
+        )?;
         crate::vcpu::write_boot_tables(&ram)?;
 
         let supported = kvm
@@ -206,7 +217,12 @@ impl Vm {
         })?;
         if let Some(plan) = &self.placement {
             if let Some(cpu) = plan.service_cpu {
-                on_note(thread_setup_note("service thread", cpu, SERVICE_FIFO_PRIORITY, true));
+                on_note(thread_setup_note(
+                    "service thread",
+                    cpu,
+                    SERVICE_FIFO_PRIORITY,
+                    true,
+                ));
             }
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -247,7 +263,10 @@ impl Vm {
             for note in notes.try_iter() {
                 on_note(note);
             }
-            match self.events.recv_timeout(watchdog.wait_budget(Instant::now())) {
+            match self
+                .events
+                .recv_timeout(watchdog.wait_budget(Instant::now()))
+            {
                 Ok(event) => {
                     if let Some(exit) = watchdog.on_event(event, Instant::now()) {
                         break exit;
@@ -293,18 +312,39 @@ fn thread_setup_note(who: &str, cpu: usize, priority: i32, fifo: bool) -> String
     note
 }
 
-/// The vCPU stop signal only needs to interrupt KVM_RUN; the handler does nothing.
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+thread_local! {
+    /// This thread's `kvm_run` page, for the kick signal handler (null outside vCPU threads).
+    static KVM_RUN_PAGE: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The vCPU stop signal. Setting `immediate_exit` makes a KVM_RUN that the signal narrowly
+/// missed return at once, so one signal per vCPU is enough: a storm of kicks is what
+/// locked up the (TCG-emulated SVM) host of the virtual bare metal.
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let page = KVM_RUN_PAGE.with(Cell::get);
+    if !page.is_null() {
+        // SAFETY: the page is this thread's live kvm_run mapping (set by run_vcpu, cleared
+        // before the VcpuFd is dropped); a volatile byte store is async-signal-safe.
+        unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!((*page).immediate_exit), 1) };
+    }
+}
 
 /// Signals every vCPU thread until it returns; gives up on a thread after a grace period.
 /// Returns the number of threads left behind.
 fn stop_vcpu_threads(threads: Vec<JoinHandle<()>>) -> usize {
     let deadline = Instant::now() + VCPU_STOP_GRACE;
     let mut stuck = 0;
+    for thread in &threads {
+        let _ = thread.kill(SIGRTMIN());
+    }
     for thread in threads {
+        let mut last_kick = Instant::now();
         while !thread.is_finished() && Instant::now() < deadline {
-            let _ = thread.kill(SIGRTMIN());
-            std::thread::sleep(VCPU_KICK_INTERVAL);
+            if last_kick.elapsed() >= VCPU_KICK_RETRY {
+                let _ = thread.kill(SIGRTMIN());
+                last_kick = Instant::now();
+            }
+            std::thread::sleep(VCPU_JOIN_POLL);
         }
         if thread.is_finished() {
             let _ = thread.join();
@@ -325,6 +365,18 @@ fn run_vcpu(
     let crash = |reason: String| {
         let _ = events.send(VmEvent::Crash(format!("vCPU {index}: {reason}")));
     };
+    KVM_RUN_PAGE.with(|page| page.set(vcpu.get_kvm_run()));
+    run_vcpu_loop(&mut vcpu, bus, events, stop, crash);
+    KVM_RUN_PAGE.with(|page| page.set(std::ptr::null_mut()));
+}
+
+fn run_vcpu_loop(
+    vcpu: &mut VcpuFd,
+    bus: &Mutex<PortBus>,
+    events: &Sender<VmEvent>,
+    stop: &AtomicBool,
+    crash: impl Fn(String),
+) {
     while !stop.load(Ordering::SeqCst) {
         match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => {

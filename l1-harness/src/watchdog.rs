@@ -38,8 +38,9 @@ impl Watchdog {
 
     /// How long to wait for the next event.
     pub(crate) fn wait_budget(&self, now: Instant) -> Duration {
-        self.deadline()
-            .map_or(IDLE_WAKEUP, |deadline| deadline.saturating_duration_since(now))
+        self.deadline().map_or(IDLE_WAKEUP, |deadline| {
+            deadline.saturating_duration_since(now)
+        })
     }
 
     /// Takes an event; returns how the run ended if it did.
@@ -116,7 +117,10 @@ mod tests {
         let start = Instant::now();
         let mut watchdog = Watchdog::new(start, None);
         assert_eq!(watchdog.wait_budget(start), IDLE_WAKEUP);
-        assert_eq!(watchdog.on_event(VmEvent::PowerOff, start), Some(VmExit::PowerOff));
+        assert_eq!(
+            watchdog.on_event(VmEvent::PowerOff, start),
+            Some(VmExit::PowerOff)
+        );
         let mut other = Watchdog::new(start, None);
         assert_eq!(other.on_event(VmEvent::Reset, start), Some(VmExit::Reset));
     }

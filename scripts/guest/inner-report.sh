@@ -1,3 +1,4 @@
+#!/bin/sh
 # /etc/rc of the inner test guest (booted inside T by the VMM under test). Reports the
 # CPU topology the guest sees and writes a known pattern to the VMM's dump region, named
 # on the kernel command line as gapprobe.dump=0xADDR,0xSIZE. Every line it prints starts
@@ -28,11 +29,14 @@ write_pattern() {
     for word in $PATTERN_WORDS; do
         failed_at=$(printf 0x%x "$at")
         devmem "$failed_at" 32 "$word" || return 1
+        # Read back: a write into unbacked guest-physical space vanishes silently.
+        [ "$(devmem "$failed_at" 32)" = "$(printf 0x%08X "$word")" ] || return 1
         at=$((at + 4))
     done
 }
 
 dump=
+# shellcheck disable=SC2013 # the command line is one line of words
 for arg in $(cat /proc/cmdline); do
     case $arg in gapprobe.dump=*) dump=${arg#gapprobe.dump=} ;; esac
 done
@@ -45,7 +49,7 @@ else
     elif write_pattern "$addr" && write_pattern $((addr + size - PATTERN_BYTES)); then
         echo "INNER-DUMP-WRITTEN $dump"
     else
-        echo "INNER-DUMP-ERROR devmem could not write $failed_at in region $dump"
+        echo "INNER-DUMP-ERROR devmem could not write (or read back) $failed_at in region $dump"
     fi
 fi
 sleep 0.2

@@ -1,3 +1,4 @@
+#!/bin/sh
 # Runs inside T (tests/vbm_boot.rs): boots the inner test guest with `gapprobe boot` and
 # checks, on T's side of the VMM, that the guest's pattern reached the dump file.
 # usage (in T): sh /etc/vbm/boot-check.sh [extra gapprobe boot options]

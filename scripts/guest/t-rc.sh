@@ -1,3 +1,4 @@
+#!/bin/sh
 # /etc/rc of T, the virtual bare metal (run by busybox init, see busybox-inittab).
 # Mounts the basics, loads KVM from the kernel package's modules, runs the harness's
 # command (/etc/vbm/command) and reports its status on the console before powering off.

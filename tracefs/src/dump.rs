@@ -1,17 +1,23 @@
 //! Dumping an instance's trace as time-ordered text, fast and safely.
 //!
-//! Speed: the kernel formats trace text in the reading thread, one CPU's buffer at a time when
-//! reading `trace`. Reading every `per_cpu/cpuN/trace` in its own thread spreads that formatting
-//! over the CPUs; this thread merges the lines by timestamp (the kernel's own order for `trace`)
-//! while the readers go on. `examples/dump_bench.rs` measures it against `cat trace`.
+//! Speed: almost all of a dump's time is the kernel formatting text in the reading thread, and
+//! `trace` is one stream: one reader, one CPU, whatever the read size (seq_file hands out about a
+//! page per read(2) however much is asked, so big reads save nothing). Each
+//! `per_cpu/cpuN/trace` is a stream of its own: one reader thread per CPU formats in parallel
+//! and finds each line's timestamp, and this thread merges the lines by (timestamp, CPU), the
+//! order of `trace` (lines of the same microsecond may come in another order: the kernel orders
+//! them by nanoseconds, which the text does not show). The per-CPU files repeat the global
+//! header; it is written once, and `##### CPU N buffer started ####` marks are added as the
+//! kernel does when events were overwritten. `examples/dump_bench.rs` measures this against
+//! `cat trace`.
 //!
 //! Safety: the text goes to a new file created with `O_EXCL` and mode 0600 next to the target,
 //! which is then renamed over the target; a target that is a symlink or not a regular file is
 //! refused. If reading or writing fails midway, what was written is still renamed into place and
 //! the report says `Partial` with the reason.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
@@ -27,7 +33,7 @@ use crate::trace_text;
 
 /// Instance directory holding one `cpuN` directory per possible CPU.
 const PER_CPU_DIR: &str = "per_cpu";
-/// Size of each read(2) from a per-CPU trace file and of the chunks handed to the merger.
+/// Size of the chunks of text a reader hands to the merger (filled by many read(2) calls).
 const CHUNK_BYTES: usize = 1 << 20;
 /// Upper bound on text read ahead of the merger, over all CPUs together.
 const MAX_READ_AHEAD_BYTES: usize = 256 << 20;
@@ -45,6 +51,7 @@ pub struct DumpReport {
     pub path: PathBuf,
     /// Size of the file written.
     pub bytes: u64,
+    /// From the call to the rename into place.
     pub duration: Duration,
     pub completeness: Completeness,
 }
@@ -60,7 +67,9 @@ impl DumpReport {
 pub enum Completeness {
     Complete,
     /// Reading or writing failed midway; the file holds what came before the failure.
-    Partial { reason: String },
+    Partial {
+        reason: String,
+    },
 }
 
 pub(crate) fn dump_instance(instance_dir: &Path, target: &Path) -> Result<DumpReport> {
@@ -176,7 +185,11 @@ fn create_temp_beside(target: &Path) -> Result<(PathBuf, File)> {
             Err(e) => return Err(TracefsError::io(path, "creating the dump file", e)),
         }
     }
-    Err(TracefsError::io(dir, "finding a free temporary file name", last_error))
+    Err(TracefsError::io(
+        dir,
+        "finding a free temporary file name",
+        last_error,
+    ))
 }
 
 /// Whole lines of one CPU's trace, with where each line ends and its merge key.
@@ -249,7 +262,7 @@ fn read_cpu_trace(
         if eof && text.last().is_some_and(|&b| b != b'\n') {
             text.push(b'\n');
         }
-        let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let whole = memchr::memrchr(b'\n', text).map_or(0, |i| i + 1);
         carry.clear();
         carry.extend_from_slice(&text[whole..]);
         text.truncate(whole);
@@ -261,7 +274,10 @@ fn read_cpu_trace(
             if text.is_empty() && !eof {
                 continue;
             }
-            if tx.send(Piece::Header(header.take().unwrap_or_default())).is_err() {
+            if tx
+                .send(Piece::Header(header.take().unwrap_or_default()))
+                .is_err()
+            {
                 return;
             }
         }
@@ -280,7 +296,7 @@ fn read_cpu_trace(
 fn mark_lines(lines: &mut Lines, last_timestamp: &mut u64) {
     lines.marks.clear();
     let mut start = 0;
-    for newline in lines.text.iter().enumerate().filter(|(_, &b)| b == b'\n').map(|(i, _)| i) {
+    for newline in memchr::memchr_iter(b'\n', &lines.text) {
         if let Some(ts) = trace_text::timestamp_ns(&lines.text[start..newline]) {
             *last_timestamp = ts;
         }
@@ -296,7 +312,7 @@ fn mark_lines(lines: &mut Lines, last_timestamp: &mut u64) {
 fn header_len(text: &[u8]) -> usize {
     let mut pos = 0;
     while text.get(pos) == Some(&b'#') {
-        match text[pos..].iter().position(|&b| b == b'\n') {
+        match memchr::memchr(b'\n', &text[pos..]) {
             Some(nl) => pos += nl + 1,
             None => return text.len(),
         }
@@ -313,7 +329,10 @@ fn header_shows_overrun(header: &[u8]) -> bool {
     let Some(start) = text.find(KEY) else {
         return false;
     };
-    let counts = text[start + KEY.len()..].split_whitespace().next().unwrap_or("");
+    let counts = text[start + KEY.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap_or("");
     let mut numbers = counts.split('/').map(|n| n.parse::<u64>().ok());
     matches!((numbers.next(), numbers.next()), (Some(Some(kept)), Some(Some(written))) if written > kept)
 }
@@ -356,7 +375,9 @@ impl CpuStream {
     }
 
     fn line_start(&self, index: usize) -> usize {
-        index.checked_sub(1).map_or(0, |prev| self.lines.marks[prev].end)
+        index
+            .checked_sub(1)
+            .map_or(0, |prev| self.lines.marks[prev].end)
     }
 }
 
@@ -367,8 +388,13 @@ fn merge_cpu_traces(
     chunk_bytes: usize,
     out: &mut impl Write,
 ) -> std::result::Result<(), String> {
-    let chunks_ahead = (MAX_READ_AHEAD_BYTES / (cpu_files.len() * chunk_bytes).max(1))
-        .clamp(MIN_CHUNKS_AHEAD, MAX_CHUNKS_AHEAD);
+    // Many CPUs get smaller chunks, so that read-ahead stays within MAX_READ_AHEAD_BYTES.
+    let cpus = cpu_files.len().max(1);
+    let chunk_bytes = chunk_bytes
+        .min(MAX_READ_AHEAD_BYTES / (cpus * MIN_CHUNKS_AHEAD))
+        .max(1);
+    let chunks_ahead =
+        (MAX_READ_AHEAD_BYTES / (cpus * chunk_bytes)).clamp(MIN_CHUNKS_AHEAD, MAX_CHUNKS_AHEAD);
     let write_error = |e: io::Error| format!("writing the dump: {e}");
     thread::scope(|scope| {
         let mut failure: Option<String> = None;
@@ -435,7 +461,8 @@ fn merge_cpu_traces(
             let below_bound = |key: u64| bound.is_none_or(|b| (key, index) <= b);
             let stream = &mut streams[index];
             if annotate && !stream.started && emitted_any {
-                writeln!(out, "##### CPU {} buffer started ####", stream.cpu).map_err(write_error)?;
+                writeln!(out, "##### CPU {} buffer started ####", stream.cpu)
+                    .map_err(write_error)?;
             }
             stream.started = true;
             emitted_any = true;
@@ -447,7 +474,8 @@ fn merge_cpu_traces(
                     end += 1;
                 }
                 let run = stream.line_start(stream.next)..marks[end - 1].end;
-                out.write_all(&stream.lines.text[run]).map_err(write_error)?;
+                out.write_all(&stream.lines.text[run])
+                    .map_err(write_error)?;
                 stream.next = end;
                 if end < marks.len() {
                     heap.push(Reverse((stream.key(), index)));
@@ -521,7 +549,11 @@ mod tests {
             let target = out.path().join("log");
             let report = dump_with_chunk_bytes(instance.path(), &target, chunk_bytes).unwrap();
             let text = fs::read_to_string(&target).unwrap();
-            assert_eq!(text, format!("{HEADER}{MERGED}"), "chunk size {chunk_bytes}");
+            assert_eq!(
+                text,
+                format!("{HEADER}{MERGED}"),
+                "chunk size {chunk_bytes}"
+            );
             assert!(report.is_complete());
             assert_eq!(report.bytes, text.len() as u64);
             assert_eq!(report.path, target);
@@ -547,7 +579,9 @@ mod tests {
     #[test]
     fn header_overrun_detection() {
         assert!(!header_shows_overrun(HEADER.as_bytes()));
-        assert!(header_shows_overrun(b"# entries-in-buffer/entries-written: 2566965/3007715   #P:2\n"));
+        assert!(header_shows_overrun(
+            b"# entries-in-buffer/entries-written: 2566965/3007715   #P:2\n"
+        ));
         assert!(!header_shows_overrun(b"# tracer: nop\n"));
         assert_eq!(header_len(b"#a\n#b\n x\n#c\n"), 6);
         assert_eq!(header_len(b"#only"), 5);

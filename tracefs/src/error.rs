@@ -6,9 +6,9 @@ use std::path::PathBuf;
 /// Errors of the tracefs library.
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
-    /// tracefs is not mounted anywhere and only root may mount it.
-    #[error("tracefs is not mounted and mounting it at {path} needs root")]
-    NotRoot { path: PathBuf },
+    /// Only root may mount tracefs here, or open the tracefs mounted here.
+    #[error("{path}: {reason}: run as root")]
+    NotRoot { path: PathBuf, reason: &'static str },
 
     /// The path is not a tracefs mount (or the kernel has no tracefs).
     #[error("{path} is not a mounted tracefs: {reason}")]
@@ -64,7 +64,11 @@ pub type Result<T> = std::result::Result<T, TracefsError>;
 
 impl TracefsError {
     /// Wraps an I/O error with the path and what was being done to it.
-    pub(crate) fn io(path: impl Into<PathBuf>, action: impl Into<String>, source: io::Error) -> Self {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        action: impl Into<String>,
+        source: io::Error,
+    ) -> Self {
         TracefsError::Io {
             path: path.into(),
             action: action.into(),

@@ -42,7 +42,9 @@ impl EventSpec {
 
     /// Parses a comma-separated list such as `sched,irq,timer:hrtimer_expire_entry`.
     pub fn parse_list(list: &str) -> Result<Vec<Self>> {
-        list.split(',').map(|spec| Self::parse(spec.trim())).collect()
+        list.split(',')
+            .map(|spec| Self::parse(spec.trim()))
+            .collect()
     }
 
     /// The event system (`sched`).
@@ -122,19 +124,29 @@ mod tests {
         let whole = EventSpec::parse("sched").unwrap();
         assert_eq!((whole.system(), whole.event()), ("sched", None));
         let one = EventSpec::parse("sched:sched_switch").unwrap();
-        assert_eq!(
-            (one.system(), one.event()),
-            ("sched", Some("sched_switch"))
-        );
+        assert_eq!((one.system(), one.event()), ("sched", Some("sched_switch")));
         assert_eq!(one.to_string(), "sched:sched_switch");
         assert_eq!("irq".parse::<EventSpec>().unwrap().to_string(), "irq");
     }
 
     #[test]
     fn rejects_malformed_specs() {
-        for bad in ["", ":", "sched:", ":sched_switch", "a:b:c", "../x", "sched/x", "a b", "."] {
+        for bad in [
+            "",
+            ":",
+            "sched:",
+            ":sched_switch",
+            "a:b:c",
+            "../x",
+            "sched/x",
+            "a b",
+            ".",
+        ] {
             assert!(
-                matches!(EventSpec::parse(bad), Err(TracefsError::InvalidEventSpec { .. })),
+                matches!(
+                    EventSpec::parse(bad),
+                    Err(TracefsError::InvalidEventSpec { .. })
+                ),
                 "{bad:?} accepted"
             );
         }
@@ -172,6 +184,9 @@ mod tests {
             }
             other => panic!("expected UnknownEvent, got {other:?}"),
         }
-        assert!(EventSpec::parse("nosys").unwrap().validate(dir.path()).is_err());
+        assert!(EventSpec::parse("nosys")
+            .unwrap()
+            .validate(dir.path())
+            .is_err());
     }
 }

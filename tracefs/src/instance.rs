@@ -40,7 +40,8 @@ impl Tracefs {
     /// their paths. Call it at start-up, before creating this process's own instance: an
     /// instance already named after this process comes from an earlier process with the same
     /// pid and is removed too. A pid reused by an unrelated live process keeps its instance
-    /// until that process is gone. Instances of other names are never touched.
+    /// until that process is gone; one whose files are open is in use and is left alone too.
+    /// Instances of other names are never touched.
     pub fn remove_stale_instances(&self, prefix: &str) -> Result<Vec<PathBuf>> {
         let dir = self.root().join(INSTANCES_DIR);
         let entries =
@@ -48,13 +49,21 @@ impl Tracefs {
         let mut removed = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| TracefsError::io(&dir, "listing instances", e))?;
-            let Some(pid) = entry.file_name().to_str().and_then(|n| owner_pid(n, prefix)) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| owner_pid(n, prefix))
+            else {
                 continue;
             };
             if pid == std::process::id() || !process_exists(pid) {
                 let path = entry.path();
-                remove_instance_dir(&path)?;
-                removed.push(path);
+                match remove_instance_dir(&path) {
+                    Ok(()) => removed.push(path),
+                    // Open files mean someone uses it (e.g. a run in another pid namespace).
+                    Err(TracefsError::InstanceBusy { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(removed)
@@ -119,7 +128,10 @@ impl Instance {
         Marker::open(&self.path)
     }
 
-    /// Writes the instance's trace text, time-ordered, to `target` (see [`crate::dump`]).
+    /// Writes the instance's trace text, time-ordered, to `target`: created as a new 0600 file
+    /// and renamed over it; a symlink or non-regular target is refused. Stop recording first
+    /// (the kernel pauses it anyway while the trace files are open). How it is made fast, and
+    /// what `Partial` means: [`DumpReport`], `src/dump.rs`.
     pub fn dump_to(&self, target: &Path) -> Result<DumpReport> {
         dump::dump_instance(&self.path, target)
     }
@@ -268,7 +280,9 @@ mod tests {
         let mut removed = tracefs.remove_stale_instances("gp-").unwrap();
         removed.sort();
         let mut expected = vec![
-            dir.path().join(INSTANCES_DIR).join(format!("gp-{dead_pid}")),
+            dir.path()
+                .join(INSTANCES_DIR)
+                .join(format!("gp-{dead_pid}")),
             dir.path().join(INSTANCES_DIR).join(own),
         ];
         expected.sort();
@@ -278,7 +292,14 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, ["gp-1".to_string(), "other-1".to_string(), format!("other-{dead_pid}")]);
+        assert_eq!(
+            left,
+            [
+                "gp-1".to_string(),
+                "other-1".to_string(),
+                format!("other-{dead_pid}")
+            ]
+        );
     }
 
     #[test]
@@ -295,7 +316,11 @@ mod tests {
         ] {
             fs::write(p.join(file), b"0\n").unwrap();
         }
-        fs::write(p.join(TRACE_CLOCK), b"[local] global counter mono mono_raw\n").unwrap();
+        fs::write(
+            p.join(TRACE_CLOCK),
+            b"[local] global counter mono mono_raw\n",
+        )
+        .unwrap();
 
         let specs = EventSpec::parse_list("sched:sched_switch,sched:nope").unwrap();
         assert!(matches!(
@@ -303,7 +328,10 @@ mod tests {
             Err(TracefsError::UnknownEvent { spec, .. }) if spec == "sched:nope"
         ));
         // Validation failed, so nothing was enabled.
-        assert_eq!(fs::read(p.join("events/sched/sched_switch/enable")).unwrap(), b"0\n");
+        assert_eq!(
+            fs::read(p.join("events/sched/sched_switch/enable")).unwrap(),
+            b"0\n"
+        );
         instance
             .enable_events(&EventSpec::parse_list("sched,sched:sched_switch").unwrap())
             .unwrap();
@@ -318,8 +346,13 @@ mod tests {
         assert_eq!(fs::read(p.join(TRACE_CLOCK)).unwrap(), b"mono");
         fs::write(p.join(TRACE_CLOCK), b"[local] global\n").unwrap();
         match instance.set_clock("mono") {
-            Err(TracefsError::UnknownClock { clock, available, .. }) => {
-                assert_eq!((clock.as_str(), available.as_str()), ("mono", "[local] global"));
+            Err(TracefsError::UnknownClock {
+                clock, available, ..
+            }) => {
+                assert_eq!(
+                    (clock.as_str(), available.as_str()),
+                    ("mono", "[local] global")
+                );
             }
             other => panic!("expected UnknownClock, got {other:?}"),
         }

@@ -37,13 +37,15 @@ impl Tracefs {
         if unsafe { libc::geteuid() } != 0 {
             return Err(TracefsError::NotRoot {
                 path: target.to_path_buf(),
+                reason: "tracefs is not mounted and mounting it needs root",
             });
         }
         mount_tracefs(target)?;
         Self::at(target)
     }
 
-    /// Uses the tracefs mounted at `root`, checking that it looks like one.
+    /// Uses the tracefs mounted at `root`, checking that it looks like one (and that we may
+    /// enter it: tracefs is mode 0700).
     pub fn at(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         match fs::metadata(root.join(INSTANCES_DIR)) {
@@ -51,6 +53,10 @@ impl Tracefs {
             Ok(_) => Err(TracefsError::NotMounted {
                 path: root,
                 reason: format!("{INSTANCES_DIR} is not a directory"),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(TracefsError::NotRoot {
+                path: root,
+                reason: "tracefs is accessible only to root",
             }),
             Err(e) => Err(TracefsError::NotMounted {
                 path: root,
@@ -94,9 +100,9 @@ fn unescape_mount_field(field: &str) -> PathBuf {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let escape = bytes.get(i + 1..i + 4).filter(|d| {
-            bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c))
-        });
+        let escape = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match escape {
             Some(d) => {
                 let value = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));

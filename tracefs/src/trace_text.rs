@@ -38,7 +38,8 @@ impl TraceLine<'_> {
 
 /// Byte offsets of the fixed part of a line, up to and including the timestamp.
 struct Prefix {
-    task: (usize, usize),
+    /// Where the task field ends (its leading padding is trimmed by `parse_line`).
+    task_end: usize,
     pid: u32,
     cpu: u32,
     timestamp_ns: u64,
@@ -57,7 +58,7 @@ pub fn parse_line(line: &str) -> Option<TraceLine<'_>> {
         _ => ("", rest),
     };
     Some(TraceLine {
-        task: &line[prefix.task.0..prefix.task.1],
+        task: line[..prefix.task_end].trim_start_matches(' '),
         pid: prefix.pid,
         cpu: prefix.cpu,
         timestamp_ns: prefix.timestamp_ns,
@@ -140,15 +141,7 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 }
 
 fn parse_prefix(line: &[u8]) -> Option<Prefix> {
-    let mut from = 0;
-    while let Some(offset) = line[from..].iter().position(|&b| b == b'[') {
-        let open = from + offset;
-        if let Some(prefix) = prefix_around_cpu_field(line, open) {
-            return Some(prefix);
-        }
-        from = open + 1;
-    }
-    None
+    memchr::memchr_iter(b'[', line).find_map(|open| prefix_around_cpu_field(line, open))
 }
 
 /// Tries to read the line's fixed columns around a `[` that may open the CPU column.
@@ -161,31 +154,28 @@ fn prefix_around_cpu_field(line: &[u8], open: usize) -> Option<Prefix> {
 
     let mut end = trim_spaces_before(line, open);
     if end > 0 && line[end - 1] == b')' {
-        let tgid_open = line[..end].iter().rposition(|&b| b == b'(')?;
+        let tgid_open = memchr::memrchr(b'(', &line[..end])?;
         end = trim_spaces_before(line, tgid_open);
     }
-    let pid_start = line[..end]
-        .iter()
-        .rposition(|b| !b.is_ascii_digit())
-        .map_or(0, |i| i + 1);
+    let pid_start = end
+        - line[..end]
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
     if pid_start == 0 || line[pid_start - 1] != b'-' {
         return None;
     }
     let pid = u32::try_from(parse_decimal(&line[pid_start..end])?).ok()?;
-    let task_end = pid_start - 1;
-    let task_start = line[..task_end]
-        .iter()
-        .position(|&b| b != b' ')
-        .unwrap_or(task_end);
 
     // After the CPU: an optional flags column, then `<secs>.<usecs>:`.
     let mut pos = digits_end + 1;
     for _ in 0..2 {
         let start = pos + line[pos..].iter().take_while(|&&b| b == b' ').count();
-        let token_end = start + line[start..].iter().take_while(|&&b| b != b' ').count();
+        let token_end = memchr::memchr(b' ', &line[start..]).map_or(line.len(), |n| start + n);
         if let Some(timestamp_ns) = parse_timestamp(&line[start..token_end]) {
             return Some(Prefix {
-                task: (task_start, task_end),
+                task_end: pid_start - 1,
                 pid,
                 cpu,
                 timestamp_ns,
@@ -201,10 +191,10 @@ fn prefix_around_cpu_field(line: &[u8], open: usize) -> Option<Prefix> {
 /// integer, taken as is: only the order matters for them.
 fn parse_timestamp(token: &[u8]) -> Option<u64> {
     let number = token.strip_suffix(b":")?;
-    let (secs, frac) = match number.iter().position(|&b| b == b'.') {
-        Some(dot) => (&number[..dot], &number[dot + 1..]),
-        None => return parse_decimal(number),
+    let Some(dot) = memchr::memchr(b'.', number) else {
+        return parse_decimal(number);
     };
+    let (secs, frac) = (&number[..dot], &number[dot + 1..]);
     if frac.is_empty() || frac.len() > 9 {
         return None;
     }
@@ -261,17 +251,25 @@ mod tests {
 
     #[test]
     fn parses_odd_comms_tgid_and_missing_flags() {
-        let line = parse_line("  my-app [1]-42    [000] .....  10.000001: tracing_mark_write: a: b")
-            .unwrap();
+        let line =
+            parse_line("  my-app [1]-42    [000] .....  10.000001: tracing_mark_write: a: b")
+                .unwrap();
         assert_eq!((line.task, line.pid, line.cpu), ("my-app [1]", 42, 0));
         assert_eq!(line.event, TRACING_MARK_WRITE);
         assert_eq!(line.body, "a: b");
 
-        let tgid = parse_line("  bash-7731    (   7731) [003] ...1.  5.5: sched_waking: x=1").unwrap();
-        assert_eq!((tgid.pid, tgid.cpu, tgid.timestamp_ns), (7731, 3, 5_500_000_000));
+        let tgid =
+            parse_line("  bash-7731    (   7731) [003] ...1.  5.5: sched_waking: x=1").unwrap();
+        assert_eq!(
+            (tgid.pid, tgid.cpu, tgid.timestamp_ns),
+            (7731, 3, 5_500_000_000)
+        );
 
         let no_flags = parse_line("<idle>-0 [002] 7.000000009: irq_handler_entry: irq=4").unwrap();
-        assert_eq!((no_flags.task, no_flags.timestamp_ns), ("<idle>", 7_000_000_009));
+        assert_eq!(
+            (no_flags.task, no_flags.timestamp_ns),
+            ("<idle>", 7_000_000_009)
+        );
         assert_eq!(no_flags.event, "irq_handler_entry");
 
         let counter = parse_line("a-1 [000] ..... 123456: e: f").unwrap();
@@ -318,7 +316,10 @@ mod tests {
         let intervals = off_cpu_intervals(text, 9);
         assert_eq!(intervals.len(), 3);
         assert_eq!(intervals[0].duration_ns(), Some(50_000_000));
-        assert_eq!((intervals[0].prev_state, intervals[0].in_cpu), ("R+", Some(0)));
+        assert_eq!(
+            (intervals[0].prev_state, intervals[0].in_cpu),
+            ("R+", Some(0))
+        );
         assert_eq!(intervals[1].duration_ns(), Some(500_000_000));
         assert_eq!((intervals[1].out_cpu, intervals[1].in_cpu), (0, Some(1)));
         assert_eq!(intervals[2].switched_in_ns, None);

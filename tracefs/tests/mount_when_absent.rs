@@ -16,13 +16,19 @@ const NOBODY_UID: libc::uid_t = 65534;
 fn main() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test mounts filesystems and must run as root (euid is {euid})");
+    assert_eq!(
+        euid, 0,
+        "this test mounts filesystems and must run as root (euid is {euid})"
+    );
     enter_private_mount_namespace();
 
     detach_all(&["tracefs", "debugfs"]);
     let tracefs = Tracefs::open().expect("open() mounts tracefs when root");
     assert_eq!(tracefs.root(), Path::new(DEFAULT_TRACEFS_MOUNT));
-    assert_eq!(mount_points("tracefs"), vec![PathBuf::from(DEFAULT_TRACEFS_MOUNT)]);
+    assert_eq!(
+        mount_points("tracefs"),
+        vec![PathBuf::from(DEFAULT_TRACEFS_MOUNT)]
+    );
     println!("ok: open() mounted tracefs at {DEFAULT_TRACEFS_MOUNT}");
 
     detach_all(&["tracefs"]);
@@ -34,15 +40,34 @@ fn main() {
     println!("ok: open() used {}", tracefs.root().display());
 
     detach_all(&["tracefs", "debugfs"]);
-    // SAFETY: single-threaded process; only the effective uid changes.
-    assert_eq!(unsafe { libc::seteuid(NOBODY_UID) }, 0);
+    set_euid(NOBODY_UID);
     match Tracefs::open() {
-        Err(TracefsError::NotRoot { path }) => assert_eq!(path, Path::new(DEFAULT_TRACEFS_MOUNT)),
+        Err(TracefsError::NotRoot { path, .. }) => {
+            assert_eq!(path, Path::new(DEFAULT_TRACEFS_MOUNT))
+        }
         other => panic!("expected NotRoot, got {other:?}"),
     }
-    // SAFETY: as above; the saved uid is still root.
-    assert_eq!(unsafe { libc::seteuid(0) }, 0);
-    println!("ok: open() as uid {NOBODY_UID} gives NotRoot");
+    println!("ok: open() as uid {NOBODY_UID} without tracefs gives NotRoot");
+
+    set_euid(0);
+    mount("tracefs", Path::new(DEFAULT_TRACEFS_MOUNT));
+    set_euid(NOBODY_UID);
+    match Tracefs::open() {
+        Err(e @ TracefsError::NotRoot { .. }) => println!("ok: open() as uid {NOBODY_UID}: {e}"),
+        other => panic!("expected NotRoot for a root-only tracefs, got {other:?}"),
+    }
+    set_euid(0);
+}
+
+/// Changes the effective uid; the saved uid stays root, so root can be taken back.
+fn set_euid(uid: libc::uid_t) {
+    // SAFETY: single-threaded process; only the effective uid changes.
+    assert_eq!(
+        unsafe { libc::seteuid(uid) },
+        0,
+        "seteuid({uid}): {}",
+        errno()
+    );
 }
 
 fn enter_private_mount_namespace() {

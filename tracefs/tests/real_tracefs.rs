@@ -48,7 +48,10 @@ fn monotonic_ns() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: ts is a valid timespec to fill.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) }, 0);
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
+        0
+    );
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -105,18 +108,29 @@ fn instance_marker_stop_dump_and_remove_leave_global_state_alone() {
         mark.timestamp_ns
     );
     assert!(find_marker(&dump, "written after stop").is_none());
-    assert!(dump.contains(": sched_switch: "), "no sched_switch in the dump");
+    assert!(
+        dump.contains(": sched_switch: "),
+        "no sched_switch in the dump"
+    );
 
     let timestamps: Vec<u64> = dump
         .lines()
         .filter_map(parse_line)
         .map(|l| l.timestamp_ns)
         .collect();
-    assert!(timestamps.windows(2).all(|w| w[0] <= w[1]), "dump not time-ordered");
+    assert!(
+        timestamps.windows(2).all(|w| w[0] <= w[1]),
+        "dump not time-ordered"
+    );
 
     // Same header and same events as the kernel's own merged `trace` file.
     let kernel = fs::read_to_string(path.join("trace")).unwrap();
-    let header = |t: &str| t.lines().take_while(|l| l.starts_with('#')).collect::<Vec<_>>().join("\n");
+    let header = |t: &str| {
+        t.lines()
+            .take_while(|l| l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     assert_eq!(header(&dump), header(&kernel));
     assert_eq!(sorted_event_lines(&dump), sorted_event_lines(&kernel));
 
@@ -163,7 +177,11 @@ fn unknown_events_and_clocks_are_typed_errors() {
         other => panic!("expected UnknownEvent, got {other:?}"),
     }
     let enabled = fs::read_to_string(instance.path().join("events/sched/sched_switch/enable"));
-    assert_eq!(enabled.unwrap(), "0\n", "nothing is enabled when one spec is unknown");
+    assert_eq!(
+        enabled.unwrap(),
+        "0\n",
+        "nothing is enabled when one spec is unknown"
+    );
     assert!(matches!(
         instance.set_clock("no-such-clock"),
         Err(TracefsError::UnknownClock { .. })
@@ -186,12 +204,20 @@ fn stale_instances_of_dead_processes_are_removed() {
     let alive = instances.join(format!("{prefix}1"));
     fs::create_dir(&dead).unwrap();
     fs::create_dir(&alive).unwrap();
+    // A stale name whose files are open is in use (another pid namespace): left alone.
+    let in_use = tracefs
+        .create_instance(&format!("{prefix}{}", i32::MAX))
+        .unwrap();
+    let in_use_marker = in_use.marker().unwrap();
 
     let removed = tracefs.remove_stale_instances(&prefix).unwrap();
     assert_eq!(removed, vec![dead.clone()]);
     assert!(!dead.exists());
     assert!(alive.exists(), "the instance of a live pid was removed");
+    assert!(in_use.path().exists(), "an instance in use was removed");
     fs::remove_dir(&alive).unwrap();
+    drop(in_use_marker);
+    in_use.remove().unwrap();
 }
 
 #[test]

@@ -85,7 +85,10 @@ fn format_marker(buffer: &mut [u8], cause: TriggerCause) -> usize {
             gap_ns / 1_000 % 1_000
         ),
         TriggerCause::Stall {
-            tid, cpu, silent_ns, ..
+            tid,
+            cpu,
+            silent_ns,
+            ..
         } => writeln!(
             cursor,
             "gapprobe: stall in progress, tid {tid} last ran on cpu {cpu}, silent for {}.{:03} ms",

@@ -112,7 +112,9 @@ fn set_nice(tid: i32, nice: i32) -> Result<(), String> {
         Ok(())
     } else {
         let err = std::io::Error::last_os_error();
-        Err(format!("--nice {nice}: setpriority: {err} (negative values need root)"))
+        Err(format!(
+            "--nice {nice}: setpriority: {err} (negative values need root)"
+        ))
     }
 }
 

@@ -1,0 +1,98 @@
+//! Shared by the vbm_* tests: builds busybox test initramfs images with `gapprobe initrd`
+//! and runs commands inside T, the virtual bare metal of `scripts/vbm.sh`.
+//! Included with `#[path]`, so it is not a test target of its own.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn workspace_root() -> PathBuf {
+    // CARGO_MANIFEST_DIR is gapprobe/; the scripts live at the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("gapprobe/ has a parent")
+        .to_path_buf()
+}
+
+pub fn gapprobe_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gapprobe")
+}
+
+/// Writes `out`: /init = busybox-static running `rc` (a path under scripts/guest/).
+pub fn busybox_initrd(out: &Path, rc: &str, extra: &[String]) {
+    let root = workspace_root();
+    let output = Command::new(root.join("scripts/busybox-initrd.sh"))
+        .arg(out)
+        .arg(root.join("scripts/guest").join(rc))
+        .args(extra)
+        .env("GAPPROBE", gapprobe_bin())
+        .output()
+        .expect("running scripts/busybox-initrd.sh");
+    assert!(
+        output.status.success(),
+        "scripts/busybox-initrd.sh {} failed: {}{}",
+        out.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// One run of T: its console (stdout) and the harness's own lines (stderr), and the
+/// harness's exit status (the command's, or its documented failure codes).
+pub struct TRun {
+    pub console: String,
+    pub harness: String,
+    pub status: Option<i32>,
+}
+
+impl TRun {
+    /// Everything, for assertion messages.
+    pub fn transcript(&self) -> String {
+        format!(
+            "--- T console ---\n{}\n--- harness ---\n{}",
+            self.console, self.harness
+        )
+    }
+
+    /// The rest of the first console line containing `marker`, after the marker.
+    pub fn after<'a>(&'a self, marker: &str) -> Option<&'a str> {
+        self.console
+            .lines()
+            .find_map(|line| line.find(marker).map(|at| line[at + marker.len()..].trim()))
+    }
+}
+
+/// Runs `command` in T with `adds` (SRC=DEST) copied in. Fails the test with the harness's
+/// message when T itself fails: a missing prerequisite (scripts/install-test-deps.sh
+/// installs them), T's timeout, or T ending without the command's status.
+pub fn run_in_t(options: &[&str], adds: &[String], command: &str, timeout_s: u32) -> TRun {
+    let mut harness = Command::new(workspace_root().join("scripts/vbm.sh"));
+    harness
+        .arg("--gapprobe")
+        .arg(gapprobe_bin())
+        .arg("--timeout")
+        .arg(timeout_s.to_string())
+        .args(options);
+    for add in adds {
+        harness.arg("--add").arg(add);
+    }
+    let output = harness
+        .arg("--")
+        .arg(command)
+        .output()
+        .expect("running scripts/vbm.sh");
+    let run = TRun {
+        console: String::from_utf8_lossy(&output.stdout).into_owned(),
+        harness: String::from_utf8_lossy(&output.stderr).into_owned(),
+        status: output.status.code(),
+    };
+    // Shown by the test runner when the test fails: the whole nested console.
+    println!("{}", run.transcript());
+    // The harness's own failures (not the command's status) come with a FAIL line.
+    assert!(
+        !run.harness.contains("vbm: FAIL:"),
+        "the virtual bare metal failed (status {:?}):\n{}",
+        run.status,
+        run.harness
+    );
+    run
+}
