@@ -16,6 +16,7 @@ pub const INSTANCE_PREFIX: &str = "gapprobe-";
 const TRACE_CLOCK: &str = "mono";
 
 pub struct TraceSession {
+    tracefs: Tracefs,
     instance: Instance,
     events: Vec<String>,
 }
@@ -56,6 +57,7 @@ impl TraceSession {
         let marker = instance.marker()?;
         instance.set_tracing_on(true)?;
         let session = TraceSession {
+            tracefs,
             instance,
             events: events.to_vec(),
         };
@@ -93,6 +95,9 @@ impl TraceSession {
     pub fn finish(self) -> anyhow::Result<()> {
         self.instance
             .remove()
-            .context("removing the trace instance")
+            .context("removing the trace instance")?;
+        self.tracefs
+            .unmount_if_mounted_here()
+            .context("unmounting the tracefs gapprobe mounted")
     }
 }

@@ -21,6 +21,9 @@ pub(crate) const INSTANCES_DIR: &str = "instances";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tracefs {
     root: PathBuf,
+    /// `open()` mounted it: the host had no tracefs, and [`Tracefs::unmount_if_mounted_here`]
+    /// puts it back that way.
+    mounted_here: bool,
 }
 
 impl Tracefs {
@@ -41,7 +44,26 @@ impl Tracefs {
             });
         }
         mount_tracefs(target)?;
-        Self::at(target)
+        let mut tracefs = Self::at(target)?;
+        tracefs.mounted_here = true;
+        Ok(tracefs)
+    }
+
+    /// Unmounts tracefs if `open()` mounted it, leaving the host's mounts as they were. Call
+    /// after every instance is removed.
+    pub fn unmount_if_mounted_here(&self) -> Result<()> {
+        if !self.mounted_here {
+            return Ok(());
+        }
+        let c_target = CString::new(self.root.as_os_str().as_bytes()).map_err(|_| {
+            TracefsError::io(&self.root, "unmounting", io::ErrorKind::InvalidInput.into())
+        })?;
+        // SAFETY: a valid NUL-terminated path for the duration of the call.
+        if unsafe { libc::umount(c_target.as_ptr()) } != 0 {
+            let err = io::Error::last_os_error();
+            return Err(TracefsError::io(&self.root, "unmounting", err));
+        }
+        Ok(())
     }
 
     /// Uses the tracefs mounted at `root`, checking that it looks like one (and that we may
@@ -49,7 +71,10 @@ impl Tracefs {
     pub fn at(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         match fs::metadata(root.join(INSTANCES_DIR)) {
-            Ok(md) if md.is_dir() => Ok(Tracefs { root }),
+            Ok(md) if md.is_dir() => Ok(Tracefs {
+                root,
+                mounted_here: false,
+            }),
             Ok(_) => Err(TracefsError::NotMounted {
                 path: root,
                 reason: format!("{INSTANCES_DIR} is not a directory"),

@@ -30,8 +30,12 @@ fn main() {
         vec![PathBuf::from(DEFAULT_TRACEFS_MOUNT)]
     );
     println!("ok: open() mounted tracefs at {DEFAULT_TRACEFS_MOUNT}");
+    tracefs
+        .unmount_if_mounted_here()
+        .expect("unmount what open() mounted");
+    assert!(mount_points("tracefs").is_empty(), "tracefs left mounted");
+    println!("ok: unmount_if_mounted_here() restored the mount table");
 
-    detach_all(&["tracefs"]);
     let debugfs = tempfile::tempdir().unwrap();
     mount("debugfs", debugfs.path());
     let tracefs = Tracefs::open().expect("open() falls back to debugfs/tracing");
