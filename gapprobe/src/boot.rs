@@ -146,7 +146,7 @@ fn running_kernel_image() -> anyhow::Result<PathBuf> {
 }
 
 /// Parses sizes like `4096`, `512K`, `512M`, `2G` (binary multiples; `B`/`iB` accepted).
-fn parse_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let lower = trimmed.to_ascii_lowercase();
     let number = lower.trim_end_matches('b').trim_end_matches('i');

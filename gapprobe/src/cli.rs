@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::boot::BootArgs;
 use crate::coresched::CoreSchedMode;
 use crate::initrd_cmd::InitrdArgs;
+use crate::vm_cmd::VmArgs;
 
 /// Find execution gaps of busy threads (the hwlat tracer, emulated in userspace) and catch
 /// the kernel trace that explains them.
@@ -36,6 +37,8 @@ pub enum Command {
     Boot(BootArgs),
     /// Write a newc initramfs with this (static) gapprobe as /init.
     Initrd(InitrdArgs),
+    // Its help is VmArgs's own doc comment (long, with the exit codes).
+    Vm(VmArgs),
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

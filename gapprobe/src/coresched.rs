@@ -55,14 +55,14 @@ impl CoreSchedInterface {
 pub enum CoreSchedError {
     #[error("core scheduling requested (--core-sched group) but the kernel has no interface: {0}")]
     Unavailable(String),
-    #[error("prctl(PR_SCHED_CORE, {op}) for thread {tid} failed: {source}")]
+    #[error("prctl(PR_SCHED_CORE, {op}) for thread {tid} failed: {cause}")]
     Prctl {
         op: &'static str,
         tid: i32,
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("{}: {source}", path.display())]
-    Cgroup { path: PathBuf, source: io::Error },
+    #[error("{}: {cause}", path.display())]
+    Cgroup { path: PathBuf, cause: io::Error },
 }
 
 fn prctl_sched_core(op: libc::c_ulong, tid: i32, arg: libc::c_ulong) -> io::Result<()> {
@@ -127,20 +127,20 @@ fn cgroup_v1_cpu_roots(mounts: &str) -> Vec<PathBuf> {
 
 /// Gives thread `tid` a new cookie of its own (the group leader).
 pub fn prctl_create(tid: i32) -> Result<(), CoreSchedError> {
-    prctl_sched_core(PR_SCHED_CORE_CREATE, tid, 0).map_err(|source| CoreSchedError::Prctl {
+    prctl_sched_core(PR_SCHED_CORE_CREATE, tid, 0).map_err(|cause| CoreSchedError::Prctl {
         op: "CREATE",
         tid,
-        source,
+        cause,
     })
 }
 
 /// Makes the calling thread share the cookie of `leader_tid`.
 pub fn prctl_share_from(leader_tid: i32) -> Result<(), CoreSchedError> {
-    prctl_sched_core(PR_SCHED_CORE_SHARE_FROM, leader_tid, 0).map_err(|source| {
+    prctl_sched_core(PR_SCHED_CORE_SHARE_FROM, leader_tid, 0).map_err(|cause| {
         CoreSchedError::Prctl {
             op: "SHARE_FROM",
             tid: leader_tid,
-            source,
+            cause,
         }
     })
 }
@@ -157,9 +157,9 @@ impl LegacyGroups {
         let pid = std::process::id();
         for group in 0..groups {
             let dir = cpu_root.join(format!("{CGROUP_PREFIX}{pid}-g{group}"));
-            fs::create_dir(&dir).map_err(|source| CoreSchedError::Cgroup {
+            fs::create_dir(&dir).map_err(|cause| CoreSchedError::Cgroup {
                 path: dir.clone(),
-                source,
+                cause,
             })?;
             made.dirs.push(dir.clone());
             write_file(&dir.join(file), "1")?;
@@ -183,9 +183,9 @@ impl Drop for LegacyGroups {
 }
 
 fn write_file(path: &Path, value: &str) -> Result<(), CoreSchedError> {
-    fs::write(path, value).map_err(|source| CoreSchedError::Cgroup {
+    fs::write(path, value).map_err(|cause| CoreSchedError::Cgroup {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 

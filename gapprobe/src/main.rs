@@ -13,6 +13,11 @@ mod signals;
 mod trace_session;
 mod tsc;
 mod user_target;
+mod vm_cmd;
+mod vm_console;
+mod vm_guest_args;
+mod vm_images;
+mod vm_result;
 
 use std::process::ExitCode;
 
@@ -38,6 +43,7 @@ fn main() -> ExitCode {
         Some(Command::Boot(args)) => boot::run(&args),
         Some(Command::Initrd(args)) => initrd_cmd::run(&args),
         Some(Command::Run(args)) => user_target::run(&args),
+        Some(Command::Vm(args)) => vm_cmd::run(&args),
         None => user_target::run(&cli.run),
     };
     match result {

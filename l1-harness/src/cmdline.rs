@@ -2,8 +2,12 @@
 
 /// Builds the guest command line: a serial console unless the user chose a console,
 /// `pci=off` (the VM has no PCI; the kernel's probe would print an error on every boot)
-/// unless the user chose a `pci=` option, the user's arguments, and the dump region's
-/// guest-physical address and size.
+/// unless the user chose a `pci=` option, `reboot=k` unless the user chose a `reboot=`
+/// method, the user's arguments, and the dump region's guest-physical address and size.
+///
+/// `reboot=k`: with the default method (ACPI first) Debian's 6.1 kernel printed
+/// "reboot: Restarting system" and then hung in this VM; the keyboard controller reset
+/// reaches our i8042 at once.
 pub fn guest_cmdline(user: &str, dump_region: Option<(u64, u64)>) -> String {
     let mut parts: Vec<String> = Vec::new();
     let user_sets = |key: &str| user.split_whitespace().any(|word| word.starts_with(key));
@@ -12,6 +16,9 @@ pub fn guest_cmdline(user: &str, dump_region: Option<(u64, u64)>) -> String {
     }
     if !user_sets("pci=") {
         parts.push("pci=off".to_string());
+    }
+    if !user_sets("reboot=") {
+        parts.push("reboot=k".to_string());
     }
     let user = user.trim();
     if !user.is_empty() {
@@ -41,21 +48,21 @@ mod tests {
     fn adds_console_and_dump_region() {
         assert_eq!(
             guest_cmdline(" quiet  tsc=reliable ", Some((0xd000_0000, 0x400_0000))),
-            "console=ttyS0 pci=off quiet  tsc=reliable gapprobe.dump=0xd0000000,0x4000000"
+            "console=ttyS0 pci=off reboot=k quiet  tsc=reliable gapprobe.dump=0xd0000000,0x4000000"
         );
-        assert_eq!(guest_cmdline("", None), "console=ttyS0 pci=off");
+        assert_eq!(guest_cmdline("", None), "console=ttyS0 pci=off reboot=k");
     }
 
     #[test]
     fn keeps_the_users_console() {
         assert_eq!(
-            guest_cmdline("console=hvc0 pci=nommconf quiet", None),
-            "console=hvc0 pci=nommconf quiet"
+            guest_cmdline("console=hvc0 pci=nommconf reboot=t quiet", None),
+            "console=hvc0 pci=nommconf reboot=t quiet"
         );
         // A word that merely contains "console=" is not a console choice.
         assert_eq!(
             guest_cmdline("earlyconsole=x", None),
-            "console=ttyS0 pci=off earlyconsole=x"
+            "console=ttyS0 pci=off reboot=k earlyconsole=x"
         );
     }
 

@@ -14,10 +14,12 @@ pub const SYSFS_CPU_ROOT: &str = "/sys/devices/system/cpu";
 pub enum TopologyError {
     #[error("invalid CPU list {list:?}: {reason}")]
     BadCpuList { list: String, reason: String },
-    #[error("cannot read {}: {source}", path.display())]
+    // `cause`, not `source`: the OS error is in the message, and anyhow's `{:#}` would
+    // print a source a second time.
+    #[error("cannot read {}: {cause}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "need {needed} SMT sibling pair(s) on cores other than CPU 0's, the host has {available}"
@@ -155,9 +157,9 @@ impl HostTopology {
 }
 
 fn read_sysfs(path: &Path) -> Result<String, TopologyError> {
-    fs::read_to_string(path).map_err(|source| TopologyError::Read {
+    fs::read_to_string(path).map_err(|cause| TopologyError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 

@@ -5,12 +5,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitrdError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
     #[error("{path}: not an ELF executable ({reason})")]
     NotElf { path: PathBuf, reason: &'static str },
     #[error(
@@ -34,7 +30,7 @@ impl InitrdError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
         InitrdError::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

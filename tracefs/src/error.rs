@@ -15,15 +15,15 @@ pub enum TracefsError {
     NotMounted { path: PathBuf, reason: String },
 
     /// mount(2) of tracefs failed.
-    #[error("mounting tracefs at {path} failed: {source}")]
-    Mount { path: PathBuf, source: io::Error },
+    #[error("mounting tracefs at {path} failed: {cause}")]
+    Mount { path: PathBuf, cause: io::Error },
 
     /// A file or directory operation on a tracefs or dump path failed.
-    #[error("{path}: {action}: {source}")]
+    #[error("{path}: {action}: {cause}")]
     Io {
         path: PathBuf,
         action: String,
-        source: io::Error,
+        cause: io::Error,
     },
 
     /// An event spec that is not `system` or `system:event` with plain names.
@@ -67,12 +67,12 @@ impl TracefsError {
     pub(crate) fn io(
         path: impl Into<PathBuf>,
         action: impl Into<String>,
-        source: io::Error,
+        cause: io::Error,
     ) -> Self {
         TracefsError::Io {
             path: path.into(),
             action: action.into(),
-            source,
+            cause,
         }
     }
 }

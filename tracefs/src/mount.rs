@@ -149,9 +149,9 @@ fn unescape_mount_field(field: &str) -> PathBuf {
 
 /// `mount -t tracefs nodev <target>` without needing a mount binary (we may be PID 1 of a guest).
 fn mount_tracefs(target: &Path) -> Result<()> {
-    let mount_error = |source| TracefsError::Mount {
+    let mount_error = |cause| TracefsError::Mount {
         path: target.to_path_buf(),
-        source,
+        cause,
     };
     let c_target = CString::new(target.as_os_str().as_bytes())
         .map_err(|_| mount_error(io::Error::from(io::ErrorKind::InvalidInput)))?;

@@ -5,7 +5,14 @@
 
 pub mod cmdline;
 pub mod dump_region;
+mod hwlat;
+mod hwlat_line;
+mod l2_vm;
+mod nested;
+pub mod nested_result;
+mod role_args;
 mod system;
+mod vm_stats;
 
 use std::path::PathBuf;
 
@@ -59,7 +66,9 @@ fn run_role() -> anyhow::Result<u8> {
         .transpose()?;
     match cmdline::value(&cmdline, "role").as_deref() {
         Some("user") => user_role(&args, region),
-        Some(other) => bail!("gapprobe.role={other}: unknown role (user)"),
+        Some("nested") => nested::run(&args, region),
+        Some("hwlat") => hwlat::run(&args),
+        Some(other) => bail!("gapprobe.role={other}: unknown role (user, nested, hwlat)"),
         None => bail!("no gapprobe.role= on the kernel command line"),
     }
 }
@@ -73,16 +82,23 @@ fn user_role(args: &[String], region: Option<Region>) -> anyhow::Result<u8> {
     if let Some(region) = region {
         let trace = std::fs::read(GUEST_TRACE).unwrap_or_default();
         let json = std::fs::read(GUEST_JSON).context("the run's JSON result")?;
-        let (trace_len, json_len) = region.write(&trace, &json)?;
-        if trace_len < trace.len() {
-            println!(
-                "gapprobe-guest: note: trace cut to {trace_len} of {} bytes (dump region too small)",
-                trace.len()
-            );
-        }
-        println!("{DUMP_LINE_PREFIX}trace={trace_len} json={json_len}");
+        publish_dump(&region, &trace, &json)?;
     }
     Ok(outcome.code())
+}
+
+/// Writes the trace and the JSON result into the dump region and tells the host how much of
+/// each is there.
+fn publish_dump(region: &Region, trace: &[u8], json: &[u8]) -> anyhow::Result<()> {
+    let (trace_len, json_len) = region.write(trace, json)?;
+    if trace_len < trace.len() {
+        println!(
+            "gapprobe-guest: note: trace cut to {trace_len} of {} bytes (dump region too small)",
+            trace.len()
+        );
+    }
+    println!("{DUMP_LINE_PREFIX}trace={trace_len} json={json_len}");
+    Ok(())
 }
 
 /// Parses role arguments exactly as the host's `gapprobe run` would.
