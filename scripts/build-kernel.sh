@@ -53,6 +53,10 @@ done
 if [ -e "$src/.config" ] || [ -d "$src/include/config" ]; then
     die "$EXIT_USAGE" "$src has in-tree build products (.config); run: make -C $src mrproper"
 fi
+# Checked now rather than after a long build.
+if [ -n "$out" ] && [ ! -d "$out" ] && [ ! -d "$(dirname "$out")" ]; then
+    die "$EXIT_USAGE" "no directory for $out"
+fi
 [ -r "$fragment" ] || die "$EXIT_USAGE" "no config fragment at $fragment"
 fragment=$(cd "$(dirname "$fragment")" && pwd -P)/$(basename "$fragment")
 
@@ -134,7 +138,7 @@ deliver() {
     local image=$1
     if [ -n "$out" ]; then
         [ -d "$out" ] && out=$out/bzImage
-        cp -- "$image" "$out" || die "$EXIT_USAGE" "cannot write $out"
+        cp -- "$image" "$out" 2>/dev/null || die "$EXIT_USAGE" "cannot write $out"
         echo "$out"
     else
         echo "$image"

@@ -10,12 +10,15 @@
 # usage: scripts/check-kernel.sh BZIMAGE
 # env: CHECK_TIMEOUT seconds per boot (default 300), SMT_CPU QEMU CPU model for the smt boot
 #      (default max,vendor=GenuineIntel)
-# Prints one `check-kernel: <boot> <check>: pass|FAIL <detail>` line per check.
+# Prints one `check-kernel: <boot> <check>: pass|FAIL <detail>` line per check, and for each boot
+# whether the guest powered off (ACPI S5) after its checks.
 # Exit: 0 every check passed; 1 a check failed or a boot did not finish; 2 bad usage or a
 #       missing prerequisite.
 set -euo pipefail
 
 timeout_s=${CHECK_TIMEOUT:-300}
+# The guest powers off right after its last check; a kernel that cannot halts instead.
+poweroff_grace_s=30
 smt_cpu=${SMT_CPU:-max,vendor=GenuineIntel}
 EXIT_FAILED=1
 EXIT_USAGE=2
@@ -40,7 +43,13 @@ fi
 [ ${#missing[@]} -eq 0 ] || die "$EXIT_USAGE" "missing prerequisites: apt-get install ${missing[*]}"
 
 work=$(mktemp -d /tmp/check-kernel.XXXXXX)
-trap 'rm -rf -- "$work"' EXIT
+qemu=
+# A failing command must not leave an emulator running.
+cleanup() {
+    [ -z "$qemu" ] || kill "$qemu" 2>/dev/null || true
+    rm -rf -- "$work"
+}
+trap cleanup EXIT
 root=$work/root
 mkdir -p "$root"/{bin,dev,proc,sys,tmp}
 cp "$busybox" "$root/bin/busybox"
@@ -134,13 +143,29 @@ chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.gz"
 
 failed=0
-# boot NAME QEMU-CPU SMP: runs one boot and reports its CHECK lines.
+# Polls until PID exits or SECS pass; succeeds if it exited.
+wait_exit() {
+    local pid=$1 deadline=$((SECONDS + $2))
+    while kill -0 "$pid" 2>/dev/null; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.2
+    done
+}
+
+# boot NAME QEMU-CPU SMP: runs one boot and reports its CHECK lines, then whether the guest
+# powered off (ACPI S5) within poweroff_grace_s of finishing.
 boot() {
-    local name=$1 cpu=$2 smp=$3 console=$work/console-$1.log status=0
-    timeout "$timeout_s" qemu-system-x86_64 -accel tcg -cpu "$cpu" -smp "$smp" -m 1G \
+    local name=$1 cpu=$2 smp=$3 console=$work/console-$1.log start=$SECONDS done_at
+    qemu-system-x86_64 -accel tcg -cpu "$cpu" -smp "$smp" -m 1G \
         -nographic -no-reboot -kernel "$kernel" -initrd "$work/initrd.gz" \
         -append "console=ttyS0 quiet tsc=reliable panic=-1 check_boot=$name" \
-        </dev/null >"$console" 2>&1 || status=$?
+        </dev/null >"$console" 2>&1 &
+    qemu=$!
+    while kill -0 "$qemu" 2>/dev/null && ! grep -q CHECKS-DONE "$console" &&
+        [ $((SECONDS - start)) -lt "$timeout_s" ]; do
+        sleep 0.5
+    done
+    done_at=$((SECONDS - start))
     # Not anchored: the firmware's terminal escapes precede the first line.
     tr -d '\r' <"$console" | sed -n 's/.*CHECK \([^ ]*\) \(pass\|FAIL\) *\(.*\)$/\1 \2 \3/p' >"$work/checks-$name"
     while read -r check result detail; do
@@ -148,10 +173,23 @@ boot() {
         [ "$result" = pass ] || failed=1
     done <"$work/checks-$name"
     if ! grep -q CHECKS-DONE "$console"; then
-        echo "check-kernel: $name boot: FAIL did not finish (qemu status $status); console tail:"
-        tail -n 20 "$console" | sed 's/^/    /'
+        kill "$qemu" 2>/dev/null || true
+        wait "$qemu" || true
+        qemu=
+        echo "check-kernel: $name boot: FAIL did not finish in ${done_at} s; console tail:"
+        tr -d '\r' <"$console" | tail -n 20 | sed 's/^/    /'
+        failed=1
+        return
+    fi
+    if wait_exit "$qemu" "$poweroff_grace_s"; then
+        echo "check-kernel: $name power-off: pass (checks done in ${done_at} s)"
+    else
+        kill "$qemu" 2>/dev/null || true
+        echo "check-kernel: $name power-off: FAIL ($(tr -d '\r' <"$console" | grep -m1 -E 'Power off|halted' || echo 'no power-off'))"
         failed=1
     fi
+    wait "$qemu" || true
+    qemu=
 }
 
 boot kvm max 2

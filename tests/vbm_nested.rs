@@ -17,17 +17,19 @@ use vbm_harness::{run_in_t, workspace_root, TRun};
 /// Both runs keep T's two emulated CPUs busy: one at a time.
 static ONE_T_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// L1's own limit inside T (`gapprobe boot --timeout`) and T's hard limit around it.
-const L1_TIMEOUT: &str = "330s";
-const T_TIMEOUT_S: u32 = 480;
+/// L1's own limit inside T (`gapprobe boot --timeout`) and T's hard limit around it. An L2
+/// reaches userspace about 2-4 minutes after T starts (TCG under two levels of KVM, slower
+/// when the host is shared), so L1's `--duration` must leave the L2s time to sample.
+const L1_TIMEOUT: &str = "500s";
+const T_TIMEOUT_S: u32 = 650;
 
-/// Runs the kvm target in T: `vms` L2s, L1's `--duration` and `--max-gap`.
-fn nested_run(vms: u32, duration: &str, max_gap: &str) -> TRun {
+/// Runs the kvm target in T: `vms` L2s, L1's `--duration` and `--max-gap`, more L1 options.
+fn nested_run(vms: u32, duration: &str, max_gap: &str, more: &str) -> TRun {
     let script = workspace_root().join("scripts/guest/t-nested.sh");
     run_in_t(
         &[],
         &[format!("{}=/etc/vbm/nested.sh", script.display())],
-        &format!("sh /etc/vbm/nested.sh {vms} {duration} {max_gap} {L1_TIMEOUT}"),
+        &format!("sh /etc/vbm/nested.sh {vms} {duration} {max_gap} {L1_TIMEOUT} {more}"),
         T_TIMEOUT_S,
     )
 }
@@ -59,7 +61,7 @@ fn l1_runs_two_l2s_through_our_vmm_and_relays_their_hwlat_lines() {
         .lock()
         .unwrap_or_else(|poison| poison.into_inner());
     // --max-gap 10s: this run is about booting and relaying, not about finding a gap.
-    let run = nested_run(2, "150s", "10s");
+    let run = nested_run(2, "330s", "10s", "");
     let transcript = run.transcript();
     assert_eq!(
         run.after("VBM-NESTED-BOOT-STATUS"),
@@ -114,8 +116,8 @@ fn a_sample_over_max_gap_marks_and_dumps_l1s_trace() {
         .lock()
         .unwrap_or_else(|poison| poison.into_inner());
     // Every reported sample is over the L2 threshold (10 us), so over 1 us: the first one
-    // ends the run.
-    let run = nested_run(1, "240s", "1us");
+    // ends the run. A small buffer keeps the dump short under emulation.
+    let run = nested_run(1, "400s", "1us", "--buffer-kb 1024");
     let transcript = run.transcript();
     assert_eq!(
         run.after("VBM-NESTED-BOOT-STATUS"),

@@ -134,9 +134,14 @@ pub fn run(args: &VmArgs) -> anyhow::Result<Outcome> {
     // The host removes a dump file it created when L1 leaves no trace in it.
     let dump_existed = dump_path.symlink_metadata().is_ok();
     let (sender, lines) = channel();
-    let vm = match new_vm(args, &prepared, &sender)? {
-        Some(vm) => vm,
-        None => return Ok(Outcome::CannotTest),
+    let vm = match new_vm(args, &prepared, &sender) {
+        Ok(Some(vm)) => vm,
+        Ok(None) => return Ok(Outcome::CannotTest),
+        Err(err) => {
+            // Vm::new may have created the dump file before it failed.
+            let _ = finish_dump_file(&dump_path, dump_existed, None);
+            return Err(err);
+        }
     };
     drop(sender);
     // Vm::new copied the images into guest memory.
@@ -154,12 +159,10 @@ pub fn run(args: &VmArgs) -> anyhow::Result<Outcome> {
         Ok(console) => console,
         Err(BootTimedOut) => skip_after_boot_timeout(args, &dump_path, dump_existed),
     };
-    let exit = vm_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the VMM thread panicked"))??;
+    let exit = vm_thread.join();
     let seconds = started.elapsed().as_secs_f64();
-
     let json = finish_dump_file(&dump_path, dump_existed, console.dump)?;
+    let exit = exit.map_err(|_| anyhow::anyhow!("the VMM thread panicked"))??;
     let Some(code) = console.exit else {
         eprintln!("SKIP: {} after {seconds:.1} s", no_result_reason(&exit));
         return Ok(Outcome::CannotTest);

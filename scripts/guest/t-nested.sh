@@ -3,10 +3,11 @@
 # the L2 initramfs (/init = gapprobe) and the L1 initramfs (gapprobe, Debian's KVM modules,
 # the L2 kernel and initramfs), boots L1 with `gapprobe boot --nested`, and prints the
 # nested JSON result that L1 left in the dump region.
-# usage (in T): sh /etc/vbm/nested.sh L2_VMS DURATION MAX_GAP BOOT_TIMEOUT
+# usage (in T): sh /etc/vbm/nested.sh L2_VMS DURATION MAX_GAP BOOT_TIMEOUT [NESTED_ARGS...]
 # Lines starting with VBM-NESTED- are read by the test.
 
 vms=$1 duration=$2 max_gap=$3 boot_timeout=$4
+shift 4
 DUMP=/dev/shm/log
 modules=/lib/modules/vbm
 console=/tmp/l1-console
@@ -18,7 +19,7 @@ gapprobe initrd -o /tmp/l1.cpio \
     --add $modules/kvm.ko=/modules/kvm.ko \
     --add $modules/kvm-amd.ko=/modules/kvm-amd.ko >/dev/null || exit 1
 
-args="--l2-vms $vms --duration $duration --max-gap $max_gap"
+args="--l2-vms $vms --duration $duration --max-gap $max_gap $*"
 {
     gapprobe boot --nested --kernel /boot/vmlinuz --initrd /tmp/l1.cpio --vcpus 4 \
         --threads-per-core 2 --mem 2G --dump "$DUMP" --timeout "$boot_timeout" \

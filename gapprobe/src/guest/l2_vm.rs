@@ -179,8 +179,9 @@ fn vcpu_threads() -> Vec<i32> {
         .collect()
 }
 
-/// `103 R 140.21s`: a thread's scheduler state and CPU time (user + system, guest time
-/// included), from /proc; tells a guest spinning in its boot from one that waits.
+/// `103 R user 140.21s sys 0.52s`: a thread's scheduler state and CPU time from /proc. A
+/// vCPU thread's guest time counts as user time, time in L1's KVM as system time: this tells
+/// a guest spinning in its boot from one that waits or one that keeps KVM busy.
 pub fn thread_cpu_summary(tid: i32) -> String {
     let path = format!("/proc/self/task/{tid}/stat");
     let Ok(stat) = std::fs::read_to_string(&path) else {
@@ -194,9 +195,11 @@ pub fn thread_cpu_summary(tid: i32) -> String {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     match (fields.first(), ticks(STAT_UTIME), ticks(STAT_STIME)) {
-        (Some(state), Some(utime), Some(stime)) => {
-            format!("{tid} {state} {:.2}s", (utime + stime) as f64 / hz)
-        }
+        (Some(state), Some(utime), Some(stime)) => format!(
+            "{tid} {state} user {:.2}s sys {:.2}s",
+            utime as f64 / hz,
+            stime as f64 / hz
+        ),
         _ => format!("{tid} unreadable"),
     }
 }
@@ -235,7 +238,7 @@ mod tests {
         assert!(!again.contains(&tid));
         let summary = thread_cpu_summary(tid);
         assert!(
-            summary.starts_with(&format!("{tid} S ")) && summary.ends_with('s'),
+            summary.starts_with(&format!("{tid} S user ")) && summary.contains("s sys "),
             "{summary}"
         );
         assert_eq!(thread_cpu_summary(i32::MAX), format!("{} gone", i32::MAX));

@@ -6,6 +6,7 @@
 //! the dump region. `--duration` counts from the start of this role (L2 boots included).
 
 use std::collections::BTreeSet;
+use std::mem::ManuallyDrop;
 use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -77,7 +78,7 @@ pub struct NestedArgs {
     )]
     pub events: Vec<String>,
     /// Per-CPU trace buffer of L1's instance, in KiB.
-    #[arg(long, value_name = "KB", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "KB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub buffer_kb: u64,
     /// L1 CPUs of every L2 vCPU thread [default: the SMT pair of the first core that is not
     /// CPU 0's; without SMT, the last two CPUs].
@@ -181,6 +182,10 @@ pub fn run(words: &[String], region: Option<Region>) -> anyhow::Result<u8> {
     }
     let (cookie, core_sched) = core_sched_source(args.l2_vms as usize)?;
     let (trace, stopper) = TraceSession::start(&args.events, args.buffer_kb)?;
+    // Never removed: L1 powers off right after the role, and removing the instance while L2
+    // vCPU threads still run (l1-harness cannot stop them from outside) blocked L1 for
+    // minutes in the virtual bare metal.
+    let trace = ManuallyDrop::new(trace);
     println!(
         "nested: {} L2 VMs x {L2_VCPUS} vCPUs on CPUs {}, core scheduling {core_sched}, max gap {}",
         args.l2_vms,
@@ -202,7 +207,15 @@ pub fn run(words: &[String], region: Option<Region>) -> anyhow::Result<u8> {
     let mut trace_text = Vec::new();
     let trace_result = match &end {
         RunEnd::Exceeded(_) => {
+            // Formatting the trace is slow under emulation: say what L1 is doing meanwhile.
+            println!("nested: dumping L1's trace");
+            let dumping = Instant::now();
             let dump = trace.dump(Some(Path::new(super::GUEST_TRACE)));
+            println!(
+                "nested: trace dumped: {} bytes in {:.1} s",
+                dump.dump_bytes,
+                dumping.elapsed().as_secs_f64()
+            );
             if let Some(error) = &dump.dump_error {
                 println!("nested: note: trace dump: {error}");
             }
@@ -244,9 +257,6 @@ pub fn run(words: &[String], region: Option<Region>) -> anyhow::Result<u8> {
         }
         None => println!("nested: note: no gapprobe.dump= region: the result stays in L1"),
     }
-    // The trace instance is left to L1's power-off: removing it while L2 vCPU threads still
-    // run (they have no stop here) blocked L1 for minutes in the virtual bare metal.
-    drop(trace);
     Ok(end.code())
 }
 
@@ -340,7 +350,7 @@ fn report_silent_l2s(stats: &[VmStats], vcpu_threads: &[Vec<i32>]) {
             .map(|&tid| l2_vm::thread_cpu_summary(tid))
             .collect();
         println!(
-            "nested: vm{vm} never reached its hwlat role; vCPU threads (tid state cpu): {}",
+            "nested: vm{vm} never reached its hwlat role; vCPU threads: {}",
             threads.join(", ")
         );
     }
