@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+
 use common::{
     gapprobe, inject_stall, other_cpu, probe_cpu, require_root, serial, TracingState, Watched,
 };
@@ -162,8 +164,8 @@ fn watchdog_reports_a_stall_while_it_lasts() {
     );
 }
 
-#[test]
-fn sigint_stops_cleanly_and_restores_tracing() {
+/// Ctrl-C and `kill`: stop, restore tracing, print the summary, write the JSON, exit 128+N.
+fn signal_stops_cleanly_and_restores_tracing(signal: Signal) {
     require_root();
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
@@ -181,15 +183,29 @@ fn sigint_stops_cleanly_and_restores_tracing() {
         TracingState::capture().instances.len() > before.instances.len(),
         "the run has its own trace instance"
     );
-    run.signal(nix::sys::signal::Signal::SIGINT);
+    run.signal(signal);
     let status = run.wait(Duration::from_secs(10));
 
-    assert_eq!(status, Some(130), "{}", run.output());
-    assert!(run.output().contains("result: interrupted by signal 2"));
+    let number = signal as i32;
+    assert_eq!(status, Some(128 + number), "{}", run.output());
+    assert!(run
+        .output()
+        .contains(&format!("result: interrupted by signal {number}")));
     let result = read_json(&json);
     assert_eq!(result["end"], "signal");
+    assert_eq!(result["signal"], number);
     assert_eq!(result["threads"].as_array().unwrap().len(), 16);
     TracingState::capture().assert_same_as(&before);
+}
+
+#[test]
+fn sigint_stops_cleanly_and_restores_tracing() {
+    signal_stops_cleanly_and_restores_tracing(Signal::SIGINT);
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_restores_tracing() {
+    signal_stops_cleanly_and_restores_tracing(Signal::SIGTERM);
 }
 
 #[test]
