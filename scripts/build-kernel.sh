@@ -12,8 +12,8 @@
 # env:
 #   GAPPROBE_KERNEL_CACHE     cache root (default /var/cache/gapprobe-kernels)
 #   GAPPROBE_KERNEL_FRAGMENT  config fragment (default kernels/gapprobe.config next to this script)
-# Cache: CACHE/<version>-<key>/bzImage, where key hashes (source revision, fragment, base config,
-# compiler). Source revision: for a git work tree (SRC_TREE is its top level) `git rev-parse HEAD`
+# Cache: CACHE/<version>-<key>/bzImage, where key hashes (source revision, the fragment's settings
+# (not its comments), base config, compiler). Source revision: for a git work tree (SRC_TREE is its top level) `git rev-parse HEAD`
 # plus a hash of `git diff HEAD` when tracked files are modified (untracked files do not count);
 # otherwise a hash of the top Makefile and of the sorted list of every file's path, size and
 # mtime (cheap, and any edit or unpacked update changes an mtime). A hit prints the path without
@@ -109,7 +109,8 @@ cache_key() {
     {
         echo "base $base_config ARCH=$kernel_arch"
         echo "source $(source_revision)"
-        echo "fragment $(sha256sum <"$fragment" | cut -c1-64)"
+        # Only the settings, in order: editing a comment must not cost a rebuild.
+        echo "fragment $(grep -E '^(CONFIG_|# CONFIG_[A-Za-z0-9_]+ is not set)' "$fragment" | sha256sum | cut -c1-64)"
         echo "compiler $(gcc --version | head -n1)"
     } | sha256sum | cut -c1-16
 }

@@ -16,6 +16,10 @@ apt-get update
 # zstd: compressed kernel modules in newer kernel packages.
 apt-get install -y --no-install-recommends \
     qemu-system-x86 busybox-static cpio rt-tests xz-utils zstd coreutils
+# The kernel under test built with kernels/gapprobe.config (scripts/build-kernel.sh) and its
+# checks (scripts/check-kernel.sh, which compiles a static prctl probe).
+apt-get install -y --no-install-recommends \
+    linux-source-6.12 build-essential libc6-dev bc flex bison libelf-dev lz4 binutils
 
 # The newest Debian cloud kernel: its image package (unsigned preferred: same kernel, no
 # shim dependency). Version sort on the package names picks the newest ABI.
@@ -36,3 +40,15 @@ else
     apt-get download -o APT::Sandbox::User=root "$kernel_pkg"
 fi
 ls -l "$CACHE_DIR"/*.deb
+
+# Unpack the kernel source once per package version (the build cache keys on the tree, so a
+# new version rebuilds).
+source_tar=$(compgen -G '/usr/src/linux-source-6.12.tar.*' | head -n1 || true)
+[ -n "$source_tar" ] || die "linux-source-6.12 installed no tarball under /usr/src"
+source_version=$(dpkg-query -W -f='${Version}' linux-source-6.12)
+if [ "$(cat "$CACHE_DIR/linux-source-6.12.version" 2>/dev/null)" != "$source_version" ]; then
+    rm -rf "$CACHE_DIR/linux-source-6.12"
+    tar -xf "$source_tar" -C "$CACHE_DIR"
+    echo "$source_version" > "$CACHE_DIR/linux-source-6.12.version"
+fi
+echo "install-test-deps: kernel source $source_version in $CACHE_DIR/linux-source-6.12"
