@@ -45,7 +45,8 @@ const CONSOLE_POLL: Duration = Duration::from_millis(100);
 ///
 /// Exit codes: 0 no gap, 1 gap found (the guest's own code), 2 bad input or an error inside
 /// L1, 125 (`SKIP: <reason>`) the kernel under test did not boot: it panicked, powered off
-/// without a result, or its /init printed nothing within --boot-timeout.
+/// without a result, or its /init printed nothing within --boot-timeout (with --nested also
+/// when no L2 guest booted and so nothing was measured).
 #[derive(Debug, clap::Args)]
 pub struct VmArgs {
     /// Kernel under test (bzImage), booted as L1.
@@ -182,7 +183,12 @@ pub fn run(args: &VmArgs) -> anyhow::Result<Outcome> {
         .as_deref()
         .map(|json| print_summary(args.nested, json, trace))
     {
-        Some(Ok(())) => {}
+        Some(Ok(Some(0))) if code == EXIT_CLEAN => {
+            // "No gap" from L2s that never ran their detector would be a false pass.
+            eprintln!("SKIP: no L2 guest reached its hwlat role, so nothing was measured");
+            return Ok(Outcome::CannotTest);
+        }
+        Some(Ok(_)) => {}
         // The guest's exit code still stands; only the summary is lost.
         Some(Err(err)) => eprintln!("gapprobe: warning: no summary: {err:#}"),
         None => eprintln!("gapprobe: note: L1 left no JSON result in the dump region"),
@@ -453,8 +459,9 @@ fn no_result_reason(exit: &VmExit) -> String {
     }
 }
 
-/// The per-VM summary (nested) and the `result:` line, from L1's JSON result.
-fn print_summary(nested: bool, json: &[u8], trace: TraceFile) -> anyhow::Result<()> {
+/// The per-VM summary (nested) and the `result:` line, from L1's JSON result. Returns how
+/// many L2 guests booted (nested mode).
+fn print_summary(nested: bool, json: &[u8], trace: TraceFile) -> anyhow::Result<Option<usize>> {
     if nested {
         let result: NestedResult =
             serde_json::from_slice(json).context("L1's nested JSON result")?;
@@ -462,9 +469,10 @@ fn print_summary(nested: bool, json: &[u8], trace: TraceFile) -> anyhow::Result<
             println!("{line}");
         }
         println!("{}", nested_result_line(&result, trace));
+        Ok(Some(result.vms.iter().filter(|vm| vm.booted).count()))
     } else {
         let result: UserResult = serde_json::from_slice(json).context("L1's JSON result")?;
         println!("{}", user_result_line(&result, trace));
+        Ok(None)
     }
-    Ok(())
 }
