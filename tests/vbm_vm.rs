@@ -24,6 +24,9 @@ const T_MODULES: &str =
 /// Small L1 trace buffers: allocating and freeing them is slow in an emulated L1, and the
 /// tests only need the marker and some context.
 const TEST_BUFFER_KB: &str = "2048";
+/// The user-target cases boot L1 with one core x 2 threads: T has 2 CPUs, and four `idle=poll`
+/// vCPUs floating on them made L1 miss a 120 s boot timeout on a loaded machine.
+const USER_L1: &str = "--vcpus 2 --threads-per-core 2 --boot-timeout 200s";
 
 /// One T at a time: two of them on the same CPUs would each take twice as long.
 fn one_t_at_a_time() -> MutexGuard<'static, ()> {
@@ -104,7 +107,7 @@ impl<'a> Case<'a> {
 #[test]
 fn tiny_max_gap_finds_a_gap_and_the_marker_reaches_the_host_dump() {
     let _t = one_t_at_a_time();
-    let options = format!("--max-gap 1ms --buffer-kb {TEST_BUFFER_KB}");
+    let options = format!("{USER_L1} --max-gap 1ms --buffer-kb {TEST_BUFFER_KB}");
     let run = run_cases(&[("gap", &options)], T_TIMEOUT_S);
     let transcript = run.transcript();
     let case = Case {
@@ -136,7 +139,7 @@ fn tiny_max_gap_finds_a_gap_and_the_marker_reaches_the_host_dump() {
 #[test]
 fn large_max_gap_and_short_duration_exit_0_with_16_threads_online() {
     let _t = one_t_at_a_time();
-    let options = format!("--max-gap 30s --duration 3s --buffer-kb {TEST_BUFFER_KB}");
+    let options = format!("{USER_L1} --max-gap 30s --duration 3s --buffer-kb {TEST_BUFFER_KB}");
     let run = run_cases(&[("clean", &options)], T_TIMEOUT_S);
     let transcript = run.transcript();
     let case = Case {

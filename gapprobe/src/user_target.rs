@@ -26,19 +26,9 @@ const CALIBRATION_WINDOW: Duration = Duration::from_millis(200);
 pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     signals::watch().context("cannot watch SIGINT/SIGTERM")?;
     let topology = HostTopology::from_host()?;
-    let cpus = args
-        .cpus
-        .as_ref()
-        .map_or_else(|| topology.default_probe_cpus(), |list| list.0.clone());
-    if let Some(cpu) = cpus
-        .iter()
-        .find(|cpu| !topology.online_cpus().contains(cpu))
-    {
-        bail!(
-            "--cpus: CPU {cpu} is not online (online: {})",
-            format_cpulist(topology.online_cpus())
-        );
-    }
+    let cpus = topology
+        .select_cpus(args.cpus.as_ref().map(|list| list.0.as_slice()))
+        .context("--cpus")?;
     let say = |line: String| {
         if !args.quiet {
             println!("{line}");

@@ -86,34 +86,8 @@ pub struct UserTrigger {
     pub cpu: i32,
 }
 
-/// The nested role's result, schema 1 of the kvm-target contract.
-#[derive(Debug, Deserialize)]
-pub struct NestedResult {
-    pub l2_vms: u32,
-    pub max_gap_ns: u64,
-    pub elapsed_ns: u64,
-    pub exceeded: bool,
-    pub end: String,
-    pub trigger: Option<NestedTrigger>,
-    pub vms: Vec<L2Result>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct NestedTrigger {
-    pub vm: u32,
-    pub gap_ns: u64,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct L2Result {
-    pub vm: u32,
-    pub booted: bool,
-    pub samples: u64,
-    pub gaps: u64,
-    pub worst_gap_ns: u64,
-    pub p99_ns: u64,
-    pub exit: Option<String>,
-}
+/// The nested role's result: the type L1 serialises is the one the host reads.
+pub use crate::guest::nested_result::NestedResult;
 
 /// Where the trace went, for the `result:` line.
 #[derive(Debug, Clone, Copy)]

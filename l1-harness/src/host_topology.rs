@@ -21,6 +21,8 @@ pub enum TopologyError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    #[error("CPU {cpu} is not online (online: {online})")]
+    Offline { cpu: usize, online: String },
     #[error(
         "need {needed} SMT sibling pair(s) on cores other than CPU 0's, the host has {available}"
     )]
@@ -134,6 +136,20 @@ impl HostTopology {
         self.online[start..].to_vec()
     }
 
+    /// The CPUs a user asked for, all of which must be online, or the default probe CPUs.
+    pub fn select_cpus(&self, requested: Option<&[usize]>) -> Result<Vec<usize>, TopologyError> {
+        let Some(requested) = requested else {
+            return Ok(self.default_probe_cpus());
+        };
+        if let Some(&cpu) = requested.iter().find(|cpu| !self.online.contains(cpu)) {
+            return Err(TopologyError::Offline {
+                cpu,
+                online: format_cpulist(&self.online),
+            });
+        }
+        Ok(requested.to_vec())
+    }
+
     /// Host CPUs for `n_pairs` SMT pairs of vCPUs (vCPU 2k, 2k+1 on the two threads of one
     /// core), starting at the core after CPU 0's, which stays free for the host.
     pub fn vcpu_sibling_pairs(&self, n_pairs: usize) -> Result<Vec<[usize; 2]>, TopologyError> {
@@ -226,6 +242,16 @@ mod tests {
         let topology = HostTopology::read(tree.path()).unwrap();
         assert_eq!(topology.default_probe_cpus(), vec![2, 3]);
         assert!(topology.vcpu_sibling_pairs(1).is_err());
+    }
+
+    #[test]
+    fn selected_cpus_must_be_online() {
+        let tree = fake_sysfs("0-3", &["0", "1", "2", "3"]);
+        let topology = HostTopology::read(tree.path()).unwrap();
+        assert_eq!(topology.select_cpus(None).unwrap(), vec![2, 3]);
+        assert_eq!(topology.select_cpus(Some(&[1])).unwrap(), vec![1]);
+        let err = topology.select_cpus(Some(&[1, 7])).unwrap_err().to_string();
+        assert_eq!(err, "CPU 7 is not online (online: 0-3)");
     }
 
     #[test]

@@ -43,5 +43,7 @@ if [ -f "$JSON" ]; then
 else
     echo "VBM-VM-JSON $name absent"
 fi
-echo "VBM-VM-LEFT $name $(pgrep gapprobe | wc -l)"
+# T's busybox has no pgrep: count processes named gapprobe through /proc.
+left=$(cat /proc/[0-9]*/comm 2>/dev/null | grep -c '^gapprobe$')
+echo "VBM-VM-LEFT $name $left"
 exit 0
