@@ -164,7 +164,7 @@ fn large_max_gap_and_short_duration_exit_0_with_16_threads_online() {
 }
 
 #[test]
-#[ignore = "known failure, issue 4: the first L2 (vm0) never boots under our VMM inside L1 (see README, kvm target); run with --ignored"]
+#[ignore = "known failure, issue 4: with two L2 guests, L1 crashes (triple fault) or T soft-locks under our VMM (see README, kvm target); run with --ignored"]
 fn nested_starts_two_real_l2_kernels_and_relays_their_lines() {
     let _t = one_t_at_a_time();
     // Two L1 vCPUs: T has two CPUs, and four idle=poll vCPUs on them leave the L2s a

@@ -31,6 +31,9 @@ pub enum VmmError {
     DumpRegion { path: PathBuf, reason: String },
     #[error("performance mode cannot be honoured: {0}")]
     PerfModeUnavailable(String),
+    /// Not a failure of the VM: its owner ended the run with a [`crate::VmStopHandle`].
+    #[error("the VM was stopped by its owner")]
+    Stopped,
 }
 
 impl VmmError {

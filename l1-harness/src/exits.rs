@@ -23,6 +23,8 @@ pub enum VmEvent {
     Panic(String),
     /// A vCPU failed in a way the guest cannot recover from (triple fault, KVM error).
     Crash(String),
+    /// The VM's owner asked for the end through a [`crate::VmStopHandle`].
+    Stop,
 }
 
 /// Sends [`VmEvent::Reset`] when the i8042 sees the CPU reset command.

@@ -23,4 +23,4 @@ mod watchdog;
 pub use config::{DumpConfig, KernelImage, Placement, VmConfig};
 pub use console::{ConsoleSink, LineSender};
 pub use error::VmmError;
-pub use vm::{Vm, VmExit};
+pub use vm::{Vm, VmExit, VmStopHandle};

@@ -25,7 +25,7 @@ use crate::error::VmmError;
 use crate::exits::{PortBus, ResetLine, VmEvent};
 use crate::host_topology::HostTopology;
 use crate::layout::{MemoryLayout, ACPI_TABLES_START, KVM_IDENTITY_MAP_START, KVM_TSS_START};
-use crate::memory::{guest_ram, register_slots, RamBacking};
+use crate::memory::{guest_ram, register_slots, RamBacking, RamMappings};
 use crate::perf_mode::{
     bind_memory, disable_idle_exits, pin_current_thread, plan_placement, set_current_thread_fifo,
     PlacementPlan, SERVICE_FIFO_PRIORITY, VCPU_FIFO_PRIORITY,
@@ -48,6 +48,18 @@ pub enum VmExit {
     Crash(String),
 }
 
+/// Ends a running VM from another thread: `Vm::run` then stops the vCPUs (the same kick as
+/// at any other end) and returns `Err(VmmError::Stopped)`.
+#[derive(Clone)]
+pub struct VmStopHandle(Sender<VmEvent>);
+
+impl VmStopHandle {
+    /// Asks the VM to stop; does nothing once the run is over.
+    pub fn stop(&self) {
+        let _ = self.0.send(VmEvent::Stop);
+    }
+}
+
 /// How long to wait for a vCPU thread to leave KVM_RUN once told to stop.
 const VCPU_STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often to look whether a stopped vCPU thread is done, and to re-send the signal in
@@ -61,9 +73,11 @@ pub struct Vm {
     vcpus: Vec<VcpuFd>,
     vm: VmFd,
     _ram: GuestMemoryMmap,
+    _ram_mappings: RamMappings,
     _dump: Option<DumpRegion>,
     bus: Arc<Mutex<PortBus>>,
     events: Receiver<VmEvent>,
+    stop_sender: Sender<VmEvent>,
     timeout: Option<Duration>,
     placement: Option<PlacementPlan>,
     cmdline: String,
@@ -107,7 +121,7 @@ impl Vm {
             notes.extend(disable_idle_exits(&vm));
         }
 
-        let ram = if performance {
+        let (ram, ram_mappings) = if performance {
             guest_ram(&layout, RamBacking::HugePages)
                 .inspect(|_| notes.push("guest memory on 2 MiB hugepages".to_string()))
                 .or_else(|err| {
@@ -175,15 +189,17 @@ impl Vm {
         let bus = PortBus {
             com1: com1(&vm, console)?,
             i8042: I8042Device::new(ResetLine(event_sender.clone())),
-            events: event_sender,
+            events: event_sender.clone(),
         };
         Ok(Self {
             vcpus,
             vm,
             _ram: ram,
+            _ram_mappings: ram_mappings,
             _dump: dump,
             bus: Arc::new(Mutex::new(bus)),
             events,
+            stop_sender: event_sender,
             timeout: config.timeout,
             placement,
             cmdline,
@@ -202,6 +218,11 @@ impl Vm {
         &self.notes
     }
 
+    /// A handle that ends `run` from another thread (take it before calling `run`).
+    pub fn stop_handle(&self) -> VmStopHandle {
+        VmStopHandle(self.stop_sender.clone())
+    }
+
     /// Sets up and runs a VM: `Vm::new(config)?.run()`.
     pub fn boot(config: VmConfig) -> Result<VmExit, VmmError> {
         Self::new(config)?.run(|_| {})
@@ -209,7 +230,8 @@ impl Vm {
 
     /// Runs the guest to its end. `on_note` receives placement notes from the vCPU threads
     /// as they start. In performance mode the calling thread becomes the service thread:
-    /// it is pinned to a CPU no vCPU uses and made SCHED_FIFO.
+    /// it is pinned to a CPU no vCPU uses and made SCHED_FIFO. A stop through a
+    /// [`VmStopHandle`] returns `Err(VmmError::Stopped)` once the vCPU threads are gone.
     pub fn run(self, on_note: impl Fn(String)) -> Result<VmExit, VmmError> {
         register_signal_handler(SIGRTMIN(), kick_handler).map_err(|err| VmmError::Host {
             what: "installing the vCPU kick signal handler",
@@ -259,6 +281,7 @@ impl Vm {
         drop(note_sender);
 
         let mut watchdog = Watchdog::new(Instant::now(), self.timeout);
+        // None: stopped through a VmStopHandle.
         let exit = loop {
             for note in notes.try_iter() {
                 on_note(note);
@@ -267,18 +290,19 @@ impl Vm {
                 .events
                 .recv_timeout(watchdog.wait_budget(Instant::now()))
             {
+                Ok(VmEvent::Stop) => break None,
                 Ok(event) => {
                     if let Some(exit) = watchdog.on_event(event, Instant::now()) {
-                        break exit;
+                        break Some(exit);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if let Some(exit) = watchdog.on_deadline(Instant::now()) {
-                        break exit;
+                        break Some(exit);
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    break VmExit::Crash("every vCPU thread ended".to_string());
+                    break Some(VmExit::Crash("every vCPU thread ended".to_string()));
                 }
             }
         };
@@ -293,7 +317,7 @@ impl Vm {
             ));
         }
         drop(self.vm);
-        Ok(exit)
+        exit.ok_or(VmmError::Stopped)
     }
 }
 

@@ -59,6 +59,8 @@ impl Watchdog {
             VmEvent::PowerOff => Some(VmExit::PowerOff),
             VmEvent::Reset => Some(VmExit::Reset),
             VmEvent::Crash(reason) => Some(VmExit::Crash(reason)),
+            // Not the guest's end: `Vm::run` takes it before the watchdog sees events.
+            VmEvent::Stop => None,
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use l1_harness::layout::DUMP_REGION_START;
-use l1_harness::{DumpConfig, KernelImage, Placement, Vm, VmConfig, VmExit};
+use l1_harness::{DumpConfig, KernelImage, Placement, Vm, VmConfig, VmExit, VmmError};
 
 /// Collects the console so the test can look at it afterwards.
 #[derive(Clone, Default)]
@@ -225,6 +225,37 @@ fn watchdog_stops_a_halted_guest() {
         started.elapsed() < Duration::from_secs(4),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// ```text
+/// 1:  jmp 1b                    ; busy in guest mode: only a kick gets it out of KVM_RUN
+/// ```
+const SPIN: &[u8] = &[0xeb, 0xfe];
+
+#[test]
+fn stop_handle_ends_a_spinning_guest_from_another_thread() {
+    let console = Captured::default();
+    // No watchdog: only the stop can end this run.
+    let mut config = config(SPIN, &console);
+    config.timeout = None;
+    let vm = Vm::new(config).unwrap();
+    let stop = vm.stop_handle();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        stop.stop();
+        Instant::now()
+    });
+    let result = vm.run(|_| {});
+    let returned = Instant::now();
+    let asked = stopper.join().unwrap();
+    assert!(matches!(result, Err(VmmError::Stopped)), "{result:?}");
+    assert!(returned >= asked);
+    // The vCPU left KVM_RUN at the kick, not after the stop grace period.
+    assert!(
+        returned - asked < Duration::from_secs(4),
+        "{:?}",
+        returned - asked
     );
 }
 

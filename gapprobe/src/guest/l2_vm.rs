@@ -10,10 +10,13 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use l1_harness::{KernelImage, LineSender, Placement, Vm, VmConfig, VmExit};
+use l1_harness::{
+    KernelImage, LineSender, Placement, Vm, VmConfig, VmExit, VmStopHandle, VmmError,
+};
 use nix::sched::sched_getaffinity;
 use nix::unistd::Pid;
 
@@ -61,9 +64,28 @@ pub struct L2Launch<'a> {
     pub events: Sender<NestedEvent>,
 }
 
+/// A started L2: what it takes to end it and wait for its VM thread.
+pub struct RunningL2 {
+    stop: VmStopHandle,
+    thread: JoinHandle<()>,
+}
+
+impl RunningL2 {
+    /// Asks the VM to stop; `join` waits for it.
+    pub fn stop(&self) {
+        self.stop.stop();
+    }
+
+    /// Waits until the VM thread is done, i.e. its vCPU threads have left KVM_RUN (or were
+    /// given up on after l1-harness's grace period).
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
 /// Sets the VM up and starts its threads: one relays console lines, one runs the VM and
 /// reports its end. Errors are those of `Vm::new` (a missing or too large image, KVM).
-pub fn start(launch: L2Launch<'_>) -> anyhow::Result<()> {
+pub fn start(launch: L2Launch<'_>) -> anyhow::Result<RunningL2> {
     let index = launch.index;
     let (line_sender, lines) = channel();
     let config = VmConfig {
@@ -81,6 +103,7 @@ pub fn start(launch: L2Launch<'_>) -> anyhow::Result<()> {
         console: Box::new(LineSender::new(line_sender)),
     };
     let vm = Vm::new(config).with_context(|| format!("vm{index}"))?;
+    let stop = vm.stop_handle();
 
     let relay = launch.events.clone();
     std::thread::Builder::new()
@@ -102,20 +125,22 @@ pub fn start(launch: L2Launch<'_>) -> anyhow::Result<()> {
         CookieSource::Legacy(groups) => CookieSource::Legacy(Arc::clone(groups)),
     };
     let events = launch.events;
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name(format!("l2-vm{index}"))
         .spawn(move || {
             let ended = match place_this_thread(index, &cpus, &cookie) {
                 Err(reason) => ("error", reason),
                 Ok(()) => match vm.run(|_| {}) {
                     Ok(exit) => describe_exit(exit),
+                    // L1 ended the run: not the guest's end, nothing to report.
+                    Err(VmmError::Stopped) => return,
                     Err(err) => ("error", err.to_string()),
                 },
             };
             let _ = events.send(NestedEvent::Ended(index, ended.0, ended.1));
         })
         .context("spawning a VM thread")?;
-    Ok(())
+    Ok(RunningL2 { stop, thread })
 }
 
 /// Restricts the calling thread to `cpus` and gives it VM `index`'s cookie, for the vCPU

@@ -6,7 +6,6 @@
 //! the dump region. `--duration` counts from the start of this role (L2 boots included).
 
 use std::collections::BTreeSet;
-use std::mem::ManuallyDrop;
 use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -157,19 +156,9 @@ pub fn run(words: &[String], region: Option<Region>) -> anyhow::Result<u8> {
     }
     check_l2_images()?;
     let topology = HostTopology::from_host().context("L1's CPUs")?;
-    let cpus = args
-        .l2_vcpu_cpus
-        .as_ref()
-        .map_or_else(|| topology.default_probe_cpus(), |list| list.0.clone());
-    if let Some(cpu) = cpus
-        .iter()
-        .find(|cpu| !topology.online_cpus().contains(cpu))
-    {
-        bail!(
-            "--l2-vcpu-cpus: CPU {cpu} is not online in L1 (online: {})",
-            format_cpulist(topology.online_cpus())
-        );
-    }
+    let cpus = topology
+        .select_cpus(args.l2_vcpu_cpus.as_ref().map(|list| list.0.as_slice()))
+        .context("--l2-vcpu-cpus (L1's CPUs)")?;
     // Relaying, statistics and the trace dump run beside the L2s, not on their CPUs.
     let others: Vec<usize> = topology
         .online_cpus()
@@ -182,10 +171,6 @@ pub fn run(words: &[String], region: Option<Region>) -> anyhow::Result<u8> {
     }
     let (cookie, core_sched) = core_sched_source(args.l2_vms as usize)?;
     let (trace, stopper) = TraceSession::start(&args.events, args.buffer_kb)?;
-    // Never removed: L1 powers off right after the role, and removing the instance while L2
-    // vCPU threads still run (l1-harness cannot stop them from outside) blocked L1 for
-    // minutes in the virtual bare metal.
-    let trace = ManuallyDrop::new(trace);
     println!(
         "nested: {} L2 VMs x {L2_VCPUS} vCPUs on CPUs {}, core scheduling {core_sched}, max gap {}",
         args.l2_vms,
@@ -195,14 +180,15 @@ pub fn run(words: &[String], region: Option<Region>) -> anyhow::Result<u8> {
 
     let (events, received) = channel();
     let mut stats: Vec<VmStats> = (0..args.l2_vms).map(|_| VmStats::default()).collect();
-    let vcpu_threads = start_l2s(&args, &cpus, &cookie, &events, &mut stats);
+    let l2s = start_l2s(&args, &cpus, &cookie, &events, &mut stats);
     // The VM and relay threads hold the other senders: when all are gone, so are the L2s.
     drop(events);
     let end = watch(&args, started, &received, &mut stats, stopper.as_ref());
+    let elapsed = started.elapsed();
+    report_silent_l2s(&stats, &l2s);
+    stop_l2s(l2s);
     // The marker's files must close before the instance can be removed.
     drop(stopper);
-    let elapsed = started.elapsed();
-    report_silent_l2s(&stats, &vcpu_threads);
 
     let mut trace_text = Vec::new();
     let trace_result = match &end {
@@ -227,7 +213,26 @@ pub fn run(words: &[String], region: Option<Region>) -> anyhow::Result<u8> {
         }
         _ => None,
     };
-    let mut result = NestedResult {
+    let mut result = build_result(&args, &end, elapsed, &stats, trace_result);
+    print_end(&end, &result, elapsed);
+    match region {
+        Some(region) => {
+            let json = fit_into_region(&region, &mut trace_text, &mut result)?;
+            super::publish_dump(&region, &trace_text, &json)?;
+        }
+        None => println!("nested: note: no gapprobe.dump= region: the result stays in L1"),
+    }
+    Ok(end.code())
+}
+
+fn build_result(
+    args: &NestedArgs,
+    end: &RunEnd,
+    elapsed: Duration,
+    stats: &[VmStats],
+    trace: Option<NestedTrace>,
+) -> NestedResult {
+    NestedResult {
         schema: NESTED_SCHEMA_VERSION,
         target: NESTED_TARGET.to_string(),
         kernel: nix::sys::utsname::uname()
@@ -238,7 +243,7 @@ pub fn run(words: &[String], region: Option<Region>) -> anyhow::Result<u8> {
         elapsed_ns: duration_ns(elapsed),
         exceeded: matches!(end, RunEnd::Exceeded(_)),
         end: end.name().to_string(),
-        trigger: match &end {
+        trigger: match end {
             RunEnd::Exceeded(trigger) => Some(*trigger),
             _ => None,
         },
@@ -247,17 +252,8 @@ pub fn run(words: &[String], region: Option<Region>) -> anyhow::Result<u8> {
             .enumerate()
             .map(|(vm, stats)| stats.result(vm))
             .collect(),
-        trace: trace_result,
-    };
-    print_end(&end, &result, elapsed);
-    match region {
-        Some(region) => {
-            let json = fit_into_region(&region, &mut trace_text, &mut result)?;
-            super::publish_dump(&region, &trace_text, &json)?;
-        }
-        None => println!("nested: note: no gapprobe.dump= region: the result stays in L1"),
+        trace,
     }
-    Ok(end.code())
 }
 
 fn duration_ns(duration: Duration) -> u64 {
@@ -291,16 +287,22 @@ fn core_sched_source(vms: usize) -> anyhow::Result<(CookieSource, &'static str)>
     }
 }
 
+/// A started L2 and the L1 threads running its vCPUs.
+struct StartedL2 {
+    vm: l2_vm::RunningL2,
+    vcpu_threads: Vec<i32>,
+}
+
 /// Starts the L2s one after the other and reports where each one's vCPU threads landed;
-/// returns those threads, per VM.
+/// returns the started ones (None for an L2 that could not start), in VM order.
 fn start_l2s(
     args: &NestedArgs,
     cpus: &[usize],
     cookie: &CookieSource,
     events: &std::sync::mpsc::Sender<NestedEvent>,
     stats: &mut [VmStats],
-) -> Vec<Vec<i32>> {
-    let mut threads = Vec::new();
+) -> Vec<Option<StartedL2>> {
+    let mut started = Vec::new();
     let cmdline = l2_cmdline();
     let mut rng = SmallRng::seed_from_u64(STAGGER_SEED);
     let mut known_vcpu_threads = BTreeSet::new();
@@ -315,37 +317,61 @@ fn start_l2s(
             events: events.clone(),
         };
         match l2_vm::start(launch) {
-            Ok(()) => {
-                let tids = l2_vm::wait_for_new_vcpu_threads(
+            Ok(vm) => {
+                let vcpu_threads = l2_vm::wait_for_new_vcpu_threads(
                     &mut known_vcpu_threads,
                     L2_VCPUS as usize,
                     VCPU_THREAD_WAIT,
                 );
-                println!("nested: vm{index} started, {}", describe_placement(&tids));
-                threads.push(tids);
+                println!(
+                    "nested: vm{index} started, {}",
+                    describe_placement(&vcpu_threads)
+                );
+                started.push(Some(StartedL2 { vm, vcpu_threads }));
             }
             Err(err) => {
                 println!("nested: vm{index} not started: {err:#}");
                 vm_stats.set_exit("error");
-                threads.push(Vec::new());
+                started.push(None);
             }
         }
         if index + 1 < count {
             std::thread::sleep(Duration::from_millis(rng.random_range(STAGGER_MS)));
         }
     }
-    threads
+    started
+}
+
+/// Stops every L2 and waits for its vCPU threads. Dumping or removing L1's trace and writing
+/// the dump region need every L1 CPU to answer IPIs, which vCPU threads in KVM_RUN on the
+/// L2 CPUs delayed by minutes in the virtual bare metal: they must be gone first.
+fn stop_l2s(l2s: Vec<Option<StartedL2>>) {
+    let stopping = Instant::now();
+    let l2s: Vec<StartedL2> = l2s.into_iter().flatten().collect();
+    for l2 in &l2s {
+        l2.vm.stop();
+    }
+    let count = l2s.len();
+    for l2 in l2s {
+        l2.vm.join();
+    }
+    println!(
+        "nested: {count} L2 VMs stopped in {:.1} s",
+        stopping.elapsed().as_secs_f64()
+    );
 }
 
 /// For each L2 still running that never reached its hwlat role: what its vCPU threads did
 /// (spinning in the boot, or waiting).
-fn report_silent_l2s(stats: &[VmStats], vcpu_threads: &[Vec<i32>]) {
-    for (vm, (stats, tids)) in stats.iter().zip(vcpu_threads).enumerate() {
+fn report_silent_l2s(stats: &[VmStats], l2s: &[Option<StartedL2>]) {
+    for (vm, (stats, l2)) in stats.iter().zip(l2s).enumerate() {
         let result = stats.result(vm);
+        let Some(l2) = l2 else { continue };
         if result.booted || result.exit.is_some() {
             continue;
         }
-        let threads: Vec<String> = tids
+        let threads: Vec<String> = l2
+            .vcpu_threads
             .iter()
             .map(|&tid| l2_vm::thread_cpu_summary(tid))
             .collect();
