@@ -18,7 +18,7 @@ use nix::time::ClockId;
 
 use super::hwlat_line::HwlatSample;
 use super::role_args;
-use crate::cli::parse_duration;
+use crate::cli::{parse_duration, parse_positive_duration};
 use crate::detector::worker::set_affinity;
 use crate::tsc::{self, clock_ns, TscRate};
 
@@ -39,7 +39,7 @@ const NSEC_PER_SEC: u64 = 1_000_000_000;
 #[command(name = "hwlat")]
 pub struct HwlatArgs {
     /// Busy time of each window.
-    #[arg(long, value_name = "DUR", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "500ms", value_parser = parse_positive_duration)]
     pub width: Duration,
     /// Period of the windows.
     #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
@@ -48,16 +48,13 @@ pub struct HwlatArgs {
     #[arg(long, value_name = "DUR", default_value = "10us", value_parser = parse_duration)]
     pub threshold: Duration,
     /// Stop after this long (default: run until the guest is torn down).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = parse_positive_duration)]
     pub duration: Option<Duration>,
 }
 
 impl HwlatArgs {
     pub fn parse_words(words: &[String]) -> anyhow::Result<Self> {
         let args: Self = role_args::parse("hwlat", words)?;
-        if args.width.is_zero() || args.duration.is_some_and(|duration| duration.is_zero()) {
-            bail!("gapprobe.args: --width and --duration must be greater than zero");
-        }
         if args.width >= args.window {
             bail!(
                 "gapprobe.args: --width {:?} must be shorter than --window {:?}",

@@ -17,9 +17,8 @@ mod vm_stats;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use clap::Parser;
 
-use crate::cli::{Cli, Command, RunArgs};
+use crate::cli::RunArgs;
 use crate::exit::EXIT_USAGE;
 use dump_region::{Region, DUMP_LINE_PREFIX};
 
@@ -101,21 +100,14 @@ fn publish_dump(region: &Region, trace: &[u8], json: &[u8]) -> anyhow::Result<()
     Ok(())
 }
 
-/// Parses role arguments exactly as the host's `gapprobe run` would.
+/// The user role's arguments: exactly those of the host's `gapprobe run`.
+#[derive(clap::Parser)]
+#[command(name = "user")]
+struct UserRoleArgs {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
 fn parse_run_args(args: &[String]) -> anyhow::Result<RunArgs> {
-    let argv = ["gapprobe", "run"]
-        .into_iter()
-        .map(String::from)
-        .chain(args.iter().cloned());
-    match Cli::try_parse_from(argv).map(|cli| cli.command) {
-        Ok(Some(Command::Run(run_args))) => Ok(run_args),
-        Ok(_) => bail!("gapprobe.args: not arguments of gapprobe run"),
-        Err(err) => {
-            let message = err.to_string();
-            bail!(
-                "gapprobe.args: {}",
-                message.lines().next().unwrap_or_default()
-            )
-        }
-    }
+    role_args::parse::<UserRoleArgs>("user", args).map(|parsed| parsed.run)
 }

@@ -25,7 +25,7 @@ use super::nested_result::{
 use super::role_args;
 use super::vm_stats::VmStats;
 use crate::boot::parse_size;
-use crate::cli::{parse_duration, CpuList};
+use crate::cli::{parse_positive_duration, CpuList};
 use crate::coresched::{self, CoreSchedInterface, LegacyGroups};
 use crate::detector::trigger::TraceStopper;
 use crate::detector::worker::set_affinity;
@@ -63,10 +63,10 @@ pub struct NestedArgs {
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_l2_mem)]
     pub l2_mem: u64,
     /// An L2 sample over this ends the run: L1's trace marked, stopped and dumped, exit 1.
-    #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = parse_positive_duration)]
     pub max_gap: Duration,
     /// Stop after this long without such a gap (exit 0), counted from L1's start of the role.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = parse_positive_duration)]
     pub duration: Option<Duration>,
     /// Trace events of L1's private instance (`system` or `system:event`, comma separated).
     #[arg(
@@ -87,11 +87,7 @@ pub struct NestedArgs {
 
 impl NestedArgs {
     pub fn parse_words(words: &[String]) -> anyhow::Result<Self> {
-        let args: Self = role_args::parse("nested", words)?;
-        if args.max_gap.is_zero() || args.duration.is_some_and(|duration| duration.is_zero()) {
-            bail!("gapprobe.args: --max-gap and --duration must be greater than zero");
-        }
-        Ok(args)
+        role_args::parse("nested", words)
     }
 }
 
