@@ -13,6 +13,29 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The kernel under test built with kernels/gapprobe.config from Debian's linux-source-6.12
+/// (scripts/build-kernel.sh; scripts/test.sh builds it first, so this is a cache hit).
+pub fn built_kernel() -> PathBuf {
+    let cache = std::env::var("GAPPROBE_TEST_CACHE")
+        .unwrap_or_else(|_| "/var/cache/gapprobe-test".to_string());
+    let output = Command::new(workspace_root().join("scripts/build-kernel.sh"))
+        .arg(Path::new(&cache).join("linux-source-6.12"))
+        .output()
+        .expect("running scripts/build-kernel.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "scripts/build-kernel.sh failed (scripts/install-test-deps.sh installs the source): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("build-kernel.sh printed no image path"),
+    )
+}
+
 pub fn gapprobe_bin() -> &'static str {
     env!("CARGO_BIN_EXE_gapprobe")
 }

@@ -18,6 +18,21 @@ while [ -d "/sys/devices/system/cpu/cpu$cpu" ]; do
     cpu=$((cpu + 1))
 done
 
+# What the kernel under test offers gapprobe: its tracers, and (when the test put gapprobe into
+# this initramfs) core scheduling, exercised by gapprobe's own busy threads with one cookie per
+# group: `--core-sched group` fails unless the prctl (or a legacy cgroup) gives cookies.
+if mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null; then
+    echo "INNER-TRACERS $(cat /sys/kernel/tracing/available_tracers)"
+    umount /sys/kernel/tracing
+else
+    echo "INNER-TRACERS (no tracefs)"
+fi
+if [ -x /bin/gapprobe ]; then
+    coresched=$(gapprobe run --core-sched group --groups 2 --threads-per-group 2 --cpus 0,1 \
+        --duration 1s --max-gap 30s --no-trace 2>&1)
+    echo "INNER-CORESCHED status=$? $(echo "$coresched" | grep -E '^(result|gapprobe):' | tr '\n' ' ')"
+fi
+
 # "GAPPROBE-DUMP-OK" as little-endian 32-bit words, at the start and at the end of the
 # region, so the outer side checks both ends of the mapping.
 PATTERN_WORDS="0x50504147 0x45424f52 0x4d55442d 0x4b4f2d50"

@@ -1,13 +1,14 @@
 #!/bin/sh
 # Runs inside T (tests/vbm_boot.rs): boots the inner test guest with `gapprobe boot` and
 # checks, on T's side of the VMM, that the guest's pattern reached the dump file.
-# usage (in T): sh /etc/vbm/boot-check.sh [extra gapprobe boot options]
+# usage (in T): [KERNEL=PATH] sh /etc/vbm/boot-check.sh [extra gapprobe boot options]
+#   KERNEL: the guest kernel (default T's own, /boot/vmlinuz)
 
 DUMP=/dev/shm/log
 PATTERN=GAPPROBE-DUMP-OK
 PATTERN_BYTES=16
 
-gapprobe boot --kernel /boot/vmlinuz --initrd /inner.cpio --vcpus 4 --threads-per-core 2 \
+gapprobe boot --kernel "${KERNEL:-/boot/vmlinuz}" --initrd /inner.cpio --vcpus 4 --threads-per-core 2 \
     --mem 512M --dump "$DUMP" --timeout 120s "$@"
 boot_status=$?
 echo "VBM-BOOT-STATUS $boot_status"
