@@ -16,6 +16,9 @@
 #   --with-qemu       also put the host's (dynamic) qemu-system-x86_64 into T, with its
 #                     shared libraries, loader and the x86 firmware it loads, as a
 #                     reference VMM for benchmarks (adds ~50 MB to T)
+#   --with-git        also put the host's (dynamic) git into T as /usr/bin/git, with its
+#                     shared libraries and loader (git's commands used in T are builtins;
+#                     give `git init` --template= since T has no templates)
 # Inside T: /bin/gapprobe, busybox applets, /boot/vmlinuz (T's own kernel, for guests),
 # /dev/kvm, tmpfs on /dev/shm and /tmp.
 # Exit status: COMMAND's status (`VBM-RESULT: status=N` on the console); otherwise
@@ -32,6 +35,7 @@ kernel_deb=
 gapprobe=$here/../target/x86_64-unknown-linux-gnu/release/gapprobe
 adds=()
 with_qemu=
+with_git=
 compress=none
 
 EXIT_USAGE=2
@@ -48,6 +52,7 @@ while [ $# -gt 0 ]; do
         --kernel-deb) kernel_deb=$2; shift 2 ;;
         --gapprobe) gapprobe=$2; shift 2 ;;
         --with-qemu) with_qemu=1; shift ;;
+        --with-git) with_git=1; shift ;;
         --compress) compress=$2; shift 2 ;;
         --) shift; break ;;
         *) fail $EXIT_USAGE "unknown option $1 (usage: $0 [options] -- COMMAND...)" ;;
@@ -100,14 +105,19 @@ for module in irqbypass kvm kvm-amd; do
     module_adds+=("$ko=/lib/modules/vbm/$module.ko")
 done
 
-# T has no package manager: copy QEMU with every file ldd resolves (libraries and the
-# loader, at the same paths) and the firmware the pc and microvm machines load.
-qemu_adds() {
-    local qemu file
-    qemu=$(command -v qemu-system-x86_64)
-    echo "$qemu=/usr/bin/qemu-system-x86_64"
-    ldd "$qemu" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }' | sort -u |
+# T has no package manager: a dynamic program goes in as DEST with every file ldd resolves
+# for it (its libraries and the loader, at the same paths).
+# usage: dynamic_adds PROGRAM DEST
+dynamic_adds() {
+    local file
+    echo "$1=$2"
+    ldd "$1" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }' | sort -u |
         while read -r file; do echo "$file=$file"; done
+}
+# QEMU, and the firmware the pc and microvm machines load.
+qemu_adds() {
+    local file
+    dynamic_adds "$(command -v qemu-system-x86_64)" /usr/bin/qemu-system-x86_64
     for file in bios-256k.bin bios-microvm.bin linuxboot_dma.bin kvmvapic.bin; do
         local found
         found=$(qemu_firmware "$file") || fail $EXIT_USAGE "QEMU firmware $file not found"
@@ -121,11 +131,17 @@ qemu_firmware() {
     done < <(qemu-system-x86_64 -L help)
     return 1
 }
+: >"$work/program-files"
 if [ -n "$with_qemu" ]; then
-    qemu_adds >"$work/qemu-files" || exit
-    mapfile -t qemu_files <"$work/qemu-files"
-    adds+=("${qemu_files[@]}")
+    qemu_adds >>"$work/program-files" || exit
 fi
+if [ -n "$with_git" ]; then
+    need git "package git"
+    dynamic_adds "$(command -v git)" /usr/bin/git >>"$work/program-files" || exit
+fi
+# QEMU and git share libraries (libc, the loader): each goes in once.
+mapfile -t program_files < <(sort -u "$work/program-files")
+adds+=("${program_files[@]}")
 
 printf '%s\n' "$*" >"$work/command"
 GAPPROBE=$gapprobe COMPRESS=$compress "$here/busybox-initrd.sh" "$work/t.cpio" "$here/guest/t-rc.sh" \

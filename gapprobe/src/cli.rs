@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::bisect::BisectRunArgs;
 use crate::boot::BootArgs;
+use crate::compare::CompareArgs;
 use crate::coresched::CoreSchedMode;
 use crate::initrd_cmd::InitrdArgs;
 use crate::vm_cmd::VmArgs;
@@ -39,6 +41,31 @@ pub enum Command {
     Initrd(InitrdArgs),
     // Its help is VmArgs's own doc comment (long, with the exit codes).
     Vm(VmArgs),
+    /// Compare sets of --json results (one directory per kernel): gaps per minute, worst gap
+    /// and percentiles side by side, and an exact Mann-Whitney U test of each set against the
+    /// first, one value per run.
+    ///
+    /// Exit codes: 0 compared (whatever the verdict), 2 bad input (a missing, unreadable or
+    /// non-result file, an empty directory, another schema, user and nested results mixed).
+    Compare(CompareArgs),
+    /// One `git bisect run` step: build the kernel at this revision, run `gapprobe vm` on it.
+    ///
+    /// Meant for `git bisect run gapprobe bisect-run [options] -- [gapprobe vm options]` in a
+    /// kernel tree. Builds with --build (default: the embedded scripts/build-kernel.sh with
+    /// kernels/gapprobe.config), then runs `gapprobe vm --kernel IMAGE --duration DUR
+    /// --json TMP [vm options]` up to --repeat times, stopping at the first run that finds a
+    /// gap. Each step appends one line to $(git rev-parse --git-dir)/gapprobe-bisect.log and
+    /// prints the probability that a bad commit passes as good, from the gap rate measured on
+    /// the bad steps so far; --summary prints the log and that estimate.
+    ///
+    /// Exit codes (what `git bisect run` does with them): 0 good (no run found a gap),
+    /// 1 bad (a run found a gap), 125 skip (the build failed, the kernel did not boot, or
+    /// this host cannot test), 128 abort the bisection (gapprobe vm exited 2: bad options or
+    /// environment; not a git repository; an unusable build command), 130/143 interrupted
+    /// (also aborts), also for errors in bisect-run's own command line (`git bisect run`
+    /// would take 2 for bad).
+    #[command(name = "bisect-run")]
+    BisectRun(BisectRunArgs),
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -1,7 +1,9 @@
 //! gapprobe: find execution gaps of busy threads and catch the trace that explains them.
 
+mod bisect;
 mod boot;
 mod cli;
+mod compare;
 mod coresched;
 mod detector;
 mod exit;
@@ -23,6 +25,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use bisect::EXIT_ABORT_BISECTION;
 use cli::{Cli, Command};
 use exit::EXIT_USAGE;
 
@@ -33,8 +36,14 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
-            // --help and --version are not errors; everything else is a usage error (2).
-            let code = if err.use_stderr() { EXIT_USAGE } else { 0 };
+            // --help and --version are not errors; everything else is a usage error (2),
+            // except under bisect-run: `git bisect run` would take 2 for "bad", so a typo
+            // there aborts the bisection instead.
+            let code = match (err.use_stderr(), invoked_as_bisect_run()) {
+                (false, _) => 0,
+                (true, true) => EXIT_ABORT_BISECTION,
+                (true, false) => EXIT_USAGE,
+            };
             let _ = err.print();
             return ExitCode::from(code);
         }
@@ -44,6 +53,8 @@ fn main() -> ExitCode {
         Some(Command::Initrd(args)) => initrd_cmd::run(&args),
         Some(Command::Run(args)) => user_target::run(&args),
         Some(Command::Vm(args)) => vm_cmd::run(&args),
+        Some(Command::Compare(args)) => compare::run(&args),
+        Some(Command::BisectRun(args)) => bisect::run(&args),
         None => user_target::run(&cli.run),
     };
     match result {
@@ -53,4 +64,10 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+fn invoked_as_bisect_run() -> bool {
+    std::env::args_os()
+        .nth(1)
+        .is_some_and(|word| word == "bisect-run")
 }

@@ -258,6 +258,7 @@ fn build_result(
         exceeded: matches!(summary.end, RunEnd::Exceeded(_)),
         trigger,
         worst_gap_ns,
+        gap_stats: result::run_gap_stats(&summary.workers),
         threads,
         gaps: result::gap_results(summary),
         gaps_dropped: summary.workers.iter().map(|w| w.gaps_dropped).sum(),
