@@ -25,6 +25,18 @@ fn text(output: &Output) -> String {
     )
 }
 
+/// Asserts the exit code and a piece of stderr; returns stderr for more checks.
+fn expect_exit(output: &Output, code: i32, needle: &str) -> String {
+    assert_eq!(output.status.code(), Some(code), "{}", text(output));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        stderr.contains(needle),
+        "wanted {needle:?}: {}",
+        text(output)
+    );
+    stderr
+}
+
 fn git(dir: &Path, args: &[&str]) -> String {
     let output = Command::new("git")
         .args(args)
@@ -149,17 +161,7 @@ fn summary_without_a_log_or_a_repository_is_one_clear_error() {
             .args(args)
             .output()
             .unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(code),
-            "{args:?}: {}",
-            text(&output)
-        );
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.contains("gapprobe: error: not in a git repository"),
-            "{args:?}: {stderr}"
-        );
+        expect_exit(&output, code, "gapprobe: error: not in a git repository");
     }
 }
 
@@ -208,16 +210,11 @@ fn a_run_with_bad_input_aborts_the_bisection() {
         .args(["--duration", "1s", "--", "--max-gap", "1ms"])
         .output()
         .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(EXIT_ABORT_BISECTION),
-        "{}",
-        text(&output)
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("gapprobe vm --kernel /nonexistent/bzImage --duration 1s --json "),
-        "the run's command line is printed: {stderr}"
+    // The run's command line is printed.
+    let stderr = expect_exit(
+        &output,
+        EXIT_ABORT_BISECTION,
+        "gapprobe vm --kernel /nonexistent/bzImage --duration 1s --json ",
     );
     assert!(
         stderr.contains("/nonexistent/bzImage: --kernel"),
@@ -250,16 +247,10 @@ fn a_run_with_bad_input_aborts_the_bisection() {
         ])
         .output()
         .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(EXIT_ABORT_BISECTION),
-        "{}",
-        text(&output)
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("gapprobe vm options after --: invalid value 'many'"),
-        "{stderr}"
+    expect_exit(
+        &output,
+        EXIT_ABORT_BISECTION,
+        "gapprobe vm options after --: invalid value 'many'",
     );
     assert!(!repo.path().join("built").exists(), "the build ran");
     for ours in ["--kernel", "--json", "--duration"] {
@@ -267,17 +258,7 @@ fn a_run_with_bad_input_aborts_the_bisection() {
             .args(["bisect-run", "--build", "echo x", "--", ours, "x"])
             .output()
             .unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(EXIT_ABORT_BISECTION),
-            "{ours}: {}",
-            text(&output)
-        );
-        assert!(
-            String::from_utf8_lossy(&output.stderr).contains("bisect-run sets --kernel"),
-            "{ours}: {}",
-            text(&output)
-        );
+        expect_exit(&output, EXIT_ABORT_BISECTION, "bisect-run sets --kernel");
     }
 }
 
@@ -288,17 +269,7 @@ fn build_without_an_image_path_aborts() {
         .args(["bisect-run", "--build", "true"])
         .output()
         .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(EXIT_ABORT_BISECTION),
-        "{}",
-        text(&output)
-    );
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("printed no image path"),
-        "{}",
-        text(&output)
-    );
+    expect_exit(&output, EXIT_ABORT_BISECTION, "printed no image path");
 }
 
 #[test]

@@ -8,7 +8,10 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{gapprobe, inject_stall, other_cpu, probe_cpu, require_root, serial, Watched};
+use common::{
+    gapprobe, inject_stall, other_cpu, probe_cpu, read_json, require_root, serial,
+    single_thread_args, Watched,
+};
 
 /// Runs per set: 5 against 5 separated completely gives p = 2/252, and up to two
 /// (quiet, stalled) pairs out of order still give p <= 8/252 < 0.05: a quiet run noisier than
@@ -20,22 +23,11 @@ const RUNS_PER_SET: usize = 5;
 /// throttling lets a SCHED_FIFO spinner run.
 const STALL: Duration = Duration::from_millis(600);
 
-/// One busy thread that never sleeps on the probed CPU, 2 s, no threshold it could reach;
-/// the first `Max latency` line (the cue for the stall) after 250 ms leaves the stall room.
+/// `common::single_thread_args` for 2 s with no threshold it could reach; the first `Max
+/// latency` line (the cue for the stall) after 250 ms leaves the stall room.
 fn run_args(cpu: usize, json: &Path) -> Vec<String> {
-    [
-        "--cpus",
-        &cpu.to_string(),
-        "--groups",
-        "1",
-        "--threads-per-group",
-        "1",
-        "--busy",
-        "1h",
-        "--max-sleep",
-        "0",
-        "--nice",
-        "-20",
+    let mut args = single_thread_args(cpu);
+    for arg in [
         "--duration",
         "2s",
         "--interval",
@@ -45,10 +37,10 @@ fn run_args(cpu: usize, json: &Path) -> Vec<String> {
         "--no-trace",
         "--json",
         json.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|arg| arg.to_string())
-    .collect()
+    ] {
+        args.push(arg.to_string());
+    }
+    args
 }
 
 /// One real run; with `stall`, a clean stall of that length once the run is measuring.
@@ -80,10 +72,6 @@ fn compare(args: &[&Path], json: bool) -> Output {
         command.arg("--json");
     }
     command.output().expect("run gapprobe compare")
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 #[test]

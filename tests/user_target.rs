@@ -11,30 +11,19 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use common::{
-    gapprobe, inject_stall, other_cpu, probe_cpu, require_root, serial, TracingState, Watched,
+    gapprobe, inject_stall, other_cpu, probe_cpu, read_json, require_root, serial,
+    single_thread_args, TracingState, Watched,
 };
 
-/// One busy thread that never sleeps, on one CPU: the cleanest target for an injected stall.
-fn single_thread_args(
+/// `common::single_thread_args` with a threshold, a 30 s limit and both output files.
+fn stall_target_args(
     cpu: usize,
     max_gap: &str,
     json: &std::path::Path,
     dump: &std::path::Path,
 ) -> Vec<String> {
-    [
-        "--cpus",
-        &cpu.to_string(),
-        "--groups",
-        "1",
-        "--threads-per-group",
-        "1",
-        "--busy",
-        "1h",
-        "--max-sleep",
-        "0",
-        // Ordinary neighbours on this shared machine would otherwise add CFS slices.
-        "--nice",
-        "-20",
+    let mut args = single_thread_args(cpu);
+    for arg in [
         "--max-gap",
         max_gap,
         "--duration",
@@ -43,15 +32,10 @@ fn single_thread_args(
         json.to_str().unwrap(),
         "--dump",
         dump.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-fn read_json(path: &std::path::Path) -> serde_json::Value {
-    let text = fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-    serde_json::from_str(&text).expect("valid JSON")
+    ] {
+        args.push(arg.to_string());
+    }
+    args
 }
 
 #[test]
@@ -63,7 +47,7 @@ fn injected_stall_stops_the_run_and_the_trace_holds_the_marker() {
     let before = TracingState::capture();
     let cpu = probe_cpu();
 
-    let mut run = Watched::spawn(&single_thread_args(cpu, "30ms", &json, &dump));
+    let mut run = Watched::spawn(&stall_target_args(cpu, "30ms", &json, &dump));
     run.wait_for_line("Max latency", Duration::from_secs(10));
     let stall = Duration::from_millis(50);
     let spun = inject_stall(cpu, other_cpu(cpu), stall, Duration::ZERO)
@@ -122,7 +106,7 @@ fn watchdog_reports_a_stall_while_it_lasts() {
     let (json, dump) = (dir.path().join("result.json"), dir.path().join("log"));
     let cpu = probe_cpu();
 
-    let mut run = Watched::spawn(&single_thread_args(cpu, "50ms", &json, &dump));
+    let mut run = Watched::spawn(&stall_target_args(cpu, "50ms", &json, &dump));
     run.wait_for_line("Max latency", Duration::from_secs(10));
     // 600 ms: far longer than the threshold, shorter than RT throttling lets a FIFO spinner run.
     let stall_over = Arc::new(AtomicBool::new(false));

@@ -1,8 +1,10 @@
 //! The kvm target with our VMM at both levels, in the virtual bare metal: inside T,
-//! `gapprobe boot --nested` boots Debian's kernel as L1 (4 vCPUs, 2 cores x 2 threads) with
-//! gapprobe as /init in the `nested` role; L1 loads Debian's KVM modules and starts L2s
-//! (Debian's kernel again, gapprobe as /init in the `hwlat` role) through l1-harness, relays
-//! their lines and leaves its JSON result (and, after a gap, its trace) in the dump region.
+//! `gapprobe boot --nested` boots the kernel under test as L1 (2 vCPUs, one core x 2 threads)
+//! with gapprobe as /init in the `nested` role; L1 starts L2s (T's Debian kernel, gapprobe as
+//! /init in the `hwlat` role) through l1-harness, relays their lines and leaves its JSON
+//! result (and, after a gap, its trace) in the dump region. L1 is Debian's kernel, whose KVM
+//! modules it loads first (the distribution-kernel path), or, in a test that is a known
+//! failure, the kernel built with kernels/gapprobe.config (KVM built in, core scheduling).
 //! scripts/guest/t-nested.sh does T's part; everything is asserted here.
 
 #[allow(dead_code)] // shared helpers; this test uses a subset
@@ -12,24 +14,35 @@ mod vbm_harness;
 use std::sync::Mutex;
 
 use serde_json::Value;
-use vbm_harness::{run_in_t, workspace_root, TRun};
+use vbm_harness::{built_kernel, run_in_t, workspace_root, TRun};
 
 /// Both runs keep T's two emulated CPUs busy: one at a time.
 static ONE_T_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// L1's own limit inside T (`gapprobe boot --timeout`) and T's hard limit around it. An L2
-/// reaches userspace about 2-4 minutes after T starts (TCG under two levels of KVM, slower
-/// when the host is shared), so L1's `--duration` must leave the L2s time to sample.
-const L1_TIMEOUT: &str = "500s";
-const T_TIMEOUT_S: u32 = 650;
+/// L1's own limit inside T (`gapprobe boot --timeout`) and T's hard limit around it. With a
+/// 2-vCPU L1 an L2 reached its hwlat role 15-40 s after L1 started (measured; slower when the
+/// host is shared), so these only end runs that went wrong.
+const L1_TIMEOUT: &str = "300s";
+const T_TIMEOUT_S: u32 = 420;
+
+/// L1's vCPUs: one core x 2 threads. T has two CPUs; four `idle=poll` vCPUs on them left the
+/// L2s a quarter of the machine.
+const L1_VCPUS: u32 = 2;
 
 /// Runs the kvm target in T: `vms` L2s, L1's `--duration` and `--max-gap`, more L1 options.
-fn nested_run(vms: u32, duration: &str, max_gap: &str, more: &str) -> TRun {
+/// `built`: L1 runs the kernel built with our fragment, else Debian's with its modules.
+fn nested_run(built: bool, vms: u32, duration: &str, max_gap: &str, more: &str) -> TRun {
     let script = workspace_root().join("scripts/guest/t-nested.sh");
+    let mut adds = vec![format!("{}=/etc/vbm/nested.sh", script.display())];
+    let mut env = format!("VCPUS={L1_VCPUS}");
+    if built {
+        adds.push(format!("{}=/kernel-under-test", built_kernel().display()));
+        env.push_str(" KERNEL=/kernel-under-test");
+    }
     run_in_t(
         &[],
-        &[format!("{}=/etc/vbm/nested.sh", script.display())],
-        &format!("sh /etc/vbm/nested.sh {vms} {duration} {max_gap} {L1_TIMEOUT} {more}"),
+        &adds,
+        &format!("{env} sh /etc/vbm/nested.sh {vms} {duration} {max_gap} {L1_TIMEOUT} {more}"),
         T_TIMEOUT_S,
     )
 }
@@ -56,13 +69,29 @@ fn is_hwlat_sample(line: &str) -> bool {
 }
 
 #[test]
-#[ignore = "known failure, issue 4: with two L2 guests, L1 crashes (triple fault) or T soft-locks under our VMM (see README, kvm target); run with --ignored"]
+#[ignore = "not yet reliable, issue 4: two L2s sampling for 90 s under a Debian L1 passed 1 of 2 runs; in the other L1 triple-faulted after 60 s (see README, kvm target); run with --ignored"]
 fn l1_runs_two_l2s_through_our_vmm_and_relays_their_hwlat_lines() {
+    // Debian's kernels have no CONFIG_SCHED_CORE: L1 places the L2s without cookies.
+    two_l2s_relay_their_hwlat_lines(false, "none");
+}
+
+#[test]
+#[ignore = "known failure, issues 4 and 5: L1 running the kernel built with kernels/gapprobe.config stopped making progress (5 runs) or triple-faulted (1 run) within a minute of its L2s sampling, in 6 of 6 runs (see README, kvm target); run with --ignored"]
+fn built_kernel_as_l1_runs_two_l2s_with_core_scheduling_cookies() {
+    // The built kernel has CONFIG_SCHED_CORE and L1 sees SMT pairs: each L2's vCPU pair
+    // gets a real cookie.
+    two_l2s_relay_their_hwlat_lines(true, "prctl");
+}
+
+/// Two L2s (T's Debian kernel) under L1 (`built`: the kernel built with our fragment, else
+/// Debian's): both boot, are placed on L1's core with `core_sched` cookies, and every hwlat
+/// line they print reaches the host and L1's JSON result.
+fn two_l2s_relay_their_hwlat_lines(built: bool, core_sched: &str) {
     let _serial = ONE_T_AT_A_TIME
         .lock()
         .unwrap_or_else(|poison| poison.into_inner());
     // --max-gap 10s: this run is about booting and relaying, not about finding a gap.
-    let run = nested_run(2, "330s", "10s", "");
+    let run = nested_run(built, 2, "90s", "10s", "");
     let transcript = run.transcript();
     assert_eq!(
         run.after("VBM-NESTED-BOOT-STATUS"),
@@ -74,6 +103,11 @@ fn l1_runs_two_l2s_through_our_vmm_and_relays_their_hwlat_lines() {
         "the nested role did not exit 0\n{transcript}"
     );
 
+    let placed = format!("nested: 2 L2 VMs x 2 vCPUs on CPUs 0-1, core scheduling {core_sched},");
+    assert!(
+        run.console.lines().any(|line| line.starts_with(&placed)),
+        "no {placed:?} line from L1\n{transcript}"
+    );
     let json = nested_json(&run);
     assert_eq!(json["schema"], 1, "{json}");
     assert_eq!(json["target"], "nested", "{json}");
@@ -89,8 +123,8 @@ fn l1_runs_two_l2s_through_our_vmm_and_relays_their_hwlat_lines() {
             .find_map(|line| line.strip_prefix(&started))
             .unwrap_or_else(|| panic!("no start line for vm{vm}\n{transcript}"));
         assert!(
-            placement.ends_with(" on CPUs 2-3"),
-            "vm{vm}'s vCPU threads are not on L1's second core: {placement}"
+            placement.ends_with(" on CPUs 0-1"),
+            "vm{vm}'s vCPU threads are not on L1's core: {placement}"
         );
 
         let lines = relayed(&run, vm);
@@ -112,14 +146,13 @@ fn l1_runs_two_l2s_through_our_vmm_and_relays_their_hwlat_lines() {
 }
 
 #[test]
-#[ignore = "not yet reliable, issue 4: passed 1 of 1 run with one L2, but L1 under our VMM crashed in both two-L2 runs (see README, kvm target); run with --ignored"]
 fn a_sample_over_max_gap_marks_and_dumps_l1s_trace() {
     let _serial = ONE_T_AT_A_TIME
         .lock()
         .unwrap_or_else(|poison| poison.into_inner());
     // Every reported sample is over the L2 threshold (10 us), so over 1 us: the first one
     // ends the run. A small buffer keeps the dump short under emulation.
-    let run = nested_run(1, "400s", "1us", "--buffer-kb 1024");
+    let run = nested_run(false, 1, "240s", "1us", "--buffer-kb 1024");
     let transcript = run.transcript();
     assert_eq!(
         run.after("VBM-NESTED-BOOT-STATUS"),

@@ -248,11 +248,14 @@ impl Vm {
             }
         }
         let stop = Arc::new(AtomicBool::new(false));
+        // Set before `stop` when the guest hung: each vCPU then says where it was.
+        let report_position = Arc::new(AtomicBool::new(false));
         let (note_sender, notes) = channel();
         let mut threads = Vec::new();
-        for (index, vcpu) in self.vcpus.into_iter().enumerate() {
+        for (index, mut vcpu) in self.vcpus.into_iter().enumerate() {
             let bus = Arc::clone(&self.bus);
             let stop = Arc::clone(&stop);
+            let report_position = Arc::clone(&report_position);
             let events = bus
                 .lock()
                 .map_err(|_| VmmError::InvalidConfig("device lock poisoned".to_string()))?
@@ -273,7 +276,10 @@ impl Vm {
                         );
                         let _ = note_sender.send(note);
                     }
-                    run_vcpu(index, vcpu, &bus, &events, &stop);
+                    run_vcpu(index, &mut vcpu, &bus, &events, &stop);
+                    if report_position.load(Ordering::SeqCst) {
+                        let _ = note_sender.send(vcpu_position(index, &vcpu));
+                    }
                 })
                 .map_err(VmmError::host("spawning a vCPU thread"))?;
             threads.push(thread);
@@ -306,6 +312,9 @@ impl Vm {
                 }
             }
         };
+        if matches!(exit, Some(VmExit::Timeout(_))) {
+            report_position.store(true, Ordering::SeqCst);
+        }
         stop.store(true, Ordering::SeqCst);
         let stuck = stop_vcpu_threads(threads);
         for note in notes.try_iter() {
@@ -379,9 +388,27 @@ fn stop_vcpu_threads(threads: Vec<JoinHandle<()>>) -> usize {
     stuck
 }
 
+/// RFLAGS.IF (arch/x86/include/uapi/asm/processor-flags.h X86_EFLAGS_IF).
+const X86_EFLAGS_IF: u64 = 1 << 9;
+
+/// Where a stopped vCPU was, for a guest that hung: RIP and RSP (look RIP up in the kernel's
+/// System.map), and whether it was in user mode.
+fn vcpu_position(index: usize, vcpu: &VcpuFd) -> String {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(regs), Ok(sregs)) => format!(
+            "vCPU {index} was at RIP {:#x} RSP {:#x} (CPL {}, IF {})",
+            regs.rip,
+            regs.rsp,
+            sregs.cs.selector & 3,
+            u8::from(regs.rflags & X86_EFLAGS_IF != 0)
+        ),
+        (Err(err), _) | (_, Err(err)) => format!("vCPU {index}: cannot read its registers: {err}"),
+    }
+}
+
 fn run_vcpu(
     index: usize,
-    mut vcpu: VcpuFd,
+    vcpu: &mut VcpuFd,
     bus: &Mutex<PortBus>,
     events: &Sender<VmEvent>,
     stop: &AtomicBool,
@@ -390,7 +417,7 @@ fn run_vcpu(
         let _ = events.send(VmEvent::Crash(format!("vCPU {index}: {reason}")));
     };
     KVM_RUN_PAGE.with(|page| page.set(vcpu.get_kvm_run()));
-    run_vcpu_loop(&mut vcpu, bus, events, stop, crash);
+    run_vcpu_loop(vcpu, bus, events, stop, crash);
     KVM_RUN_PAGE.with(|page| page.set(std::ptr::null_mut()));
 }
 

@@ -234,6 +234,28 @@ fn watchdog_stops_a_halted_guest() {
 const SPIN: &[u8] = &[0xeb, 0xfe];
 
 #[test]
+fn a_guest_that_hangs_says_where_its_vcpu_was() {
+    let console = Captured::default();
+    let mut config = config(SPIN, &console);
+    config.timeout = Some(Duration::from_millis(500));
+    let notes = Mutex::new(Vec::new());
+    let exit = Vm::new(config)
+        .unwrap()
+        .run(|note| notes.lock().unwrap().push(note))
+        .unwrap();
+    assert_eq!(exit, VmExit::Timeout(Duration::from_millis(500)));
+    // The flat image runs at 0x100000 (the protected-mode kernel address) in ring 0 with
+    // interrupts off; SPIN never leaves its first instruction.
+    let notes = notes.into_inner().unwrap();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].starts_with("vCPU 0 was at RIP 0x100000 RSP 0x")
+            && notes[0].ends_with(" (CPL 0, IF 0)"),
+        "{notes:?}"
+    );
+}
+
+#[test]
 fn stop_handle_ends_a_spinning_guest_from_another_thread() {
     let console = Captured::default();
     // No watchdog: only the stop can end this run.

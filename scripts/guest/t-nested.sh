@@ -3,7 +3,11 @@
 # the L2 initramfs (/init = gapprobe) and the L1 initramfs (gapprobe, Debian's KVM modules,
 # the L2 kernel and initramfs), boots L1 with `gapprobe boot --nested`, and prints the
 # nested JSON result that L1 left in the dump region.
-# usage (in T): sh /etc/vbm/nested.sh L2_VMS DURATION MAX_GAP BOOT_TIMEOUT [NESTED_ARGS...]
+# usage (in T): [KERNEL=PATH] [VCPUS=N] sh /etc/vbm/nested.sh L2_VMS DURATION MAX_GAP BOOT_TIMEOUT [NESTED_ARGS...]
+#   KERNEL: L1's kernel, with KVM built in (kernels/gapprobe.config); default T's own Debian
+#   kernel, whose KVM modules L1 then loads. The L2s always run T's Debian kernel (no hwlat
+#   tracer: gapprobe's own sampler).
+#   VCPUS: L1's vCPUs, 2 per core (default 4)
 # Lines starting with VBM-NESTED- are read by the test.
 
 vms=$1 duration=$2 max_gap=$3 boot_timeout=$4
@@ -12,18 +16,25 @@ DUMP=/dev/shm/log
 modules=/lib/modules/vbm
 console=/tmp/l1-console
 
+kernel=${KERNEL:-/boot/vmlinuz}
+module_adds= module_arg=
+if [ -z "$KERNEL" ]; then
+    for module in irqbypass kvm kvm-amd; do
+        module_adds="$module_adds --add $modules/$module.ko=/modules/$module.ko"
+    done
+    module_arg=gapprobe.modules=irqbypass.ko,kvm.ko,kvm-amd.ko
+fi
+
 gapprobe initrd -o /tmp/l2.cpio >/dev/null || exit 1
+# shellcheck disable=SC2086 # module_adds is a list of words
 gapprobe initrd -o /tmp/l1.cpio \
-    --add /boot/vmlinuz=/l2/vmlinuz --add /tmp/l2.cpio=/l2/initrd \
-    --add $modules/irqbypass.ko=/modules/irqbypass.ko \
-    --add $modules/kvm.ko=/modules/kvm.ko \
-    --add $modules/kvm-amd.ko=/modules/kvm-amd.ko >/dev/null || exit 1
+    --add /boot/vmlinuz=/l2/vmlinuz --add /tmp/l2.cpio=/l2/initrd $module_adds >/dev/null || exit 1
 
 args="--l2-vms $vms --duration $duration --max-gap $max_gap $*"
 {
-    gapprobe boot --nested --kernel /boot/vmlinuz --initrd /tmp/l1.cpio --vcpus 4 \
+    gapprobe boot --nested --kernel "$kernel" --initrd /tmp/l1.cpio --vcpus "${VCPUS:-4}" \
         --threads-per-core 2 --mem 2G --dump "$DUMP" --timeout "$boot_timeout" \
-        --append "quiet tsc=reliable idle=poll gapprobe.role=nested gapprobe.modules=irqbypass.ko,kvm.ko,kvm-amd.ko gapprobe.args=\"$args\""
+        --append "quiet tsc=reliable idle=poll gapprobe.role=nested $module_arg gapprobe.args=\"$args\""
     echo "VBM-NESTED-BOOT-STATUS $?"
 } 2>&1 | tee "$console"
 

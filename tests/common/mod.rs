@@ -245,3 +245,33 @@ impl TracingState {
         );
     }
 }
+
+/// One busy thread that never sleeps, on one CPU: the cleanest target for an injected stall.
+/// Callers add the threshold, the duration and the output files.
+pub fn single_thread_args(cpu: usize) -> Vec<String> {
+    let cpu = cpu.to_string();
+    [
+        "--cpus",
+        &cpu,
+        "--groups",
+        "1",
+        "--threads-per-group",
+        "1",
+        "--busy",
+        "1h",
+        "--max-sleep",
+        "0",
+        // Ordinary neighbours on this shared machine would otherwise add CFS slices.
+        "--nice",
+        "-20",
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect()
+}
+
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    serde_json::from_str(&text).expect("valid JSON")
+}
