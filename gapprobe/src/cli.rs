@@ -61,9 +61,9 @@ pub enum Command {
     /// Exit codes (what `git bisect run` does with them): 0 good (no run found a gap),
     /// 1 bad (a run found a gap), 125 skip (the build failed, the kernel did not boot, or
     /// this host cannot test), 128 abort the bisection (gapprobe vm exited 2: bad options or
-    /// environment; not a git repository; an unusable build command), 130/143 interrupted
-    /// (also aborts), also for errors in bisect-run's own command line (`git bisect run`
-    /// would take 2 for bad).
+    /// environment; not a git repository; an unusable build command; an error in bisect-run's
+    /// own command line, where 2 would mean "bad" to `git bisect run`), 130/143 interrupted
+    /// (also aborts).
     #[command(name = "bisect-run")]
     BisectRun(BisectRunArgs),
 }
