@@ -392,7 +392,8 @@ fn stop_vcpu_threads(threads: Vec<JoinHandle<()>>) -> usize {
 const X86_EFLAGS_IF: u64 = 1 << 9;
 
 /// Where a stopped vCPU was, for a guest that hung: RIP and RSP (look RIP up in the kernel's
-/// System.map), and whether it was in user mode.
+/// System.map), privilege level and interrupt flag. A vCPU that was running a nested guest
+/// reports that guest's registers (KVM's view of a vCPU in guest mode).
 fn vcpu_position(index: usize, vcpu: &VcpuFd) -> String {
     match (vcpu.get_regs(), vcpu.get_sregs()) {
         (Ok(regs), Ok(sregs)) => format!(

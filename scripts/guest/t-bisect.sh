@@ -1,11 +1,11 @@
 #!/bin/sh
 # Runs inside T (tests/vbm_bisect.rs, needs scripts/vbm.sh --with-git): a real `git bisect
 # run` of `gapprobe bisect-run` over a synthetic repository of six commits whose "kernel"
-# is T's own (Debian's, /boot/vmlinuz: the `build` script prints its path) and whose
+# is $KERNEL (the `build` script prints its path; default T's own, /boot/vmlinuz) and whose
 # `max-gap` file is the detector threshold: 30s (no gap in a 3 s run: good) for c1-c3 and
 # 1ms (a gap within seconds in an emulated L1: bad) from c4 on. c1 is marked good and c6
 # bad, so git tests c3, c5 and c4 and must name c4.
-# usage (in T): sh /etc/vbm/bisect.sh
+# usage (in T): [KERNEL=PATH] sh /etc/vbm/bisect.sh
 # Lines starting with VBM-BISECT- are read by the test.
 
 export HOME=/tmp GIT_CONFIG_NOSYSTEM=1 GIT_PAGER=cat
@@ -21,7 +21,7 @@ STEP='gapprobe bisect-run --build ./build --repeat 1 --duration 3s -- --max-gap 
 
 repo=/tmp/kernel
 git init -q --template= "$repo" && cd "$repo" || exit 1
-printf '#!/bin/sh\necho /boot/vmlinuz\n' >build
+printf '#!/bin/sh\necho %s\n' "${KERNEL:-/boot/vmlinuz}" >build
 chmod +x build
 n=1
 while [ "$n" -le "$COMMITS" ]; do
