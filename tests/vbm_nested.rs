@@ -32,6 +32,9 @@ const L1_VCPUS: u32 = 2;
 /// Runs the kvm target in T: `vms` L2s, L1's `--duration` and `--max-gap`, more L1 options.
 /// `built`: L1 runs the kernel built with our fragment, else Debian's with its modules.
 fn nested_run(built: bool, vms: u32, duration: &str, max_gap: &str, more: &str) -> TRun {
+    let _serial = ONE_T_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
     let script = workspace_root().join("scripts/guest/t-nested.sh");
     let mut adds = vec![format!("{}=/etc/vbm/nested.sh", script.display())];
     let mut env = format!("VCPUS={L1_VCPUS}");
@@ -45,6 +48,21 @@ fn nested_run(built: bool, vms: u32, duration: &str, max_gap: &str, more: &str) 
         &format!("{env} sh /etc/vbm/nested.sh {vms} {duration} {max_gap} {L1_TIMEOUT} {more}"),
         T_TIMEOUT_S,
     )
+}
+
+/// L1 powered off cleanly after its nested role printed `gapprobe-exit: <exit>`.
+fn l1_powered_off_after(run: &TRun, exit: u8) {
+    let transcript = run.transcript();
+    assert_eq!(
+        run.after("VBM-NESTED-BOOT-STATUS"),
+        Some("0"),
+        "L1 did not power off cleanly\n{transcript}"
+    );
+    let exit_line = format!("gapprobe-exit: {exit}");
+    assert!(
+        run.console.lines().any(|line| line == exit_line),
+        "the nested role did not end with {exit_line:?}\n{transcript}"
+    );
 }
 
 fn nested_json(run: &TRun) -> Value {
@@ -87,21 +105,10 @@ fn built_kernel_as_l1_runs_two_l2s_with_core_scheduling_cookies() {
 /// Debian's): both boot, are placed on L1's core with `core_sched` cookies, and every hwlat
 /// line they print reaches the host and L1's JSON result.
 fn two_l2s_relay_their_hwlat_lines(built: bool, core_sched: &str) {
-    let _serial = ONE_T_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner());
     // --max-gap 10s: this run is about booting and relaying, not about finding a gap.
     let run = nested_run(built, 2, "90s", "10s", "");
     let transcript = run.transcript();
-    assert_eq!(
-        run.after("VBM-NESTED-BOOT-STATUS"),
-        Some("0"),
-        "L1 did not power off cleanly\n{transcript}"
-    );
-    assert!(
-        run.console.lines().any(|line| line == "gapprobe-exit: 0"),
-        "the nested role did not exit 0\n{transcript}"
-    );
+    l1_powered_off_after(&run, 0);
 
     let placed = format!("nested: 2 L2 VMs x 2 vCPUs on CPUs 0-1, core scheduling {core_sched},");
     assert!(
@@ -147,22 +154,11 @@ fn two_l2s_relay_their_hwlat_lines(built: bool, core_sched: &str) {
 
 #[test]
 fn a_sample_over_max_gap_marks_and_dumps_l1s_trace() {
-    let _serial = ONE_T_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner());
     // Every reported sample is over the L2 threshold (10 us), so over 1 us: the first one
     // ends the run. A small buffer keeps the dump short under emulation.
     let run = nested_run(false, 1, "240s", "1us", "--buffer-kb 1024");
     let transcript = run.transcript();
-    assert_eq!(
-        run.after("VBM-NESTED-BOOT-STATUS"),
-        Some("0"),
-        "L1 did not power off cleanly\n{transcript}"
-    );
-    assert!(
-        run.console.lines().any(|line| line == "gapprobe-exit: 1"),
-        "the nested role did not report the gap with exit 1\n{transcript}"
-    );
+    l1_powered_off_after(&run, 1);
     let json = nested_json(&run);
     assert_eq!(json["end"], "exceeded", "{json}");
     assert_eq!(json["exceeded"], true, "{json}");
