@@ -91,13 +91,8 @@ fn explain_prctl_failure(err: &io::Error) -> String {
 /// Finds the interface this kernel offers: the prctl first, then a legacy file in the root of
 /// a cgroup-v1 cpu controller listed in `mounts` (the text of /proc/mounts).
 pub fn detect(mounts: &str) -> Result<CoreSchedInterface, String> {
-    let mut cookie: u64 = 0;
-    let prctl_reason = match prctl_sched_core(
-        PR_SCHED_CORE_GET,
-        0,
-        &mut cookie as *mut u64 as libc::c_ulong,
-    ) {
-        Ok(()) => return Ok(CoreSchedInterface::Prctl),
+    let prctl_reason = match cookie_of(0) {
+        Ok(_) => return Ok(CoreSchedInterface::Prctl),
         Err(err) => explain_prctl_failure(&err),
     };
     for cpu_root in cgroup_v1_cpu_roots(mounts) {
@@ -123,6 +118,27 @@ fn cgroup_v1_cpu_roots(mounts: &str) -> Vec<PathBuf> {
             (*fstype == "cgroup" && has_cpu).then(|| PathBuf::from(mount_point))
         })
         .collect()
+}
+
+/// The cookie of thread `tid` (0: the caller) as `PR_SCHED_CORE_GET` shows it: a hash of the
+/// kernel's cookie, 0 for none. Threads with equal non-zero values may share a core.
+fn cookie_of(tid: i32) -> io::Result<u64> {
+    let mut cookie: u64 = 0;
+    prctl_sched_core(
+        PR_SCHED_CORE_GET,
+        tid,
+        &mut cookie as *mut u64 as libc::c_ulong,
+    )?;
+    Ok(cookie)
+}
+
+/// [`cookie_of`] for thread `tid`, as this module's error.
+pub fn prctl_get(tid: i32) -> Result<u64, CoreSchedError> {
+    cookie_of(tid).map_err(|cause| CoreSchedError::Prctl {
+        op: "GET",
+        tid,
+        cause,
+    })
 }
 
 /// Gives thread `tid` a new cookie of its own (the group leader).

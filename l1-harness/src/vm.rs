@@ -23,6 +23,7 @@ use crate::cpuid::{guest_cpuid, CpuTopology, CpuidOptions};
 use crate::dump_region::{map_dump_file, DumpRegion};
 use crate::error::VmmError;
 use crate::exits::{PortBus, ResetLine, VmEvent};
+use crate::host_symbols::{host_vm_entry_symbol, HOST_STATE_IN_GUEST};
 use crate::host_topology::HostTopology;
 use crate::layout::{MemoryLayout, ACPI_TABLES_START, KVM_IDENTITY_MAP_START, KVM_TSS_START};
 use crate::memory::{guest_ram, register_slots, RamBacking, RamMappings};
@@ -393,16 +394,25 @@ const X86_EFLAGS_IF: u64 = 1 << 9;
 
 /// Where a stopped vCPU was, for a guest that hung: RIP and RSP (look RIP up in the kernel's
 /// System.map), privilege level and interrupt flag. A vCPU that was running a nested guest
-/// reports that guest's registers (KVM's view of a vCPU in guest mode).
+/// reports that guest's registers (KVM's view of a vCPU in guest mode). A RIP in this host's
+/// own VM-entry code says the host, not the guest, is broken.
 fn vcpu_position(index: usize, vcpu: &VcpuFd) -> String {
     match (vcpu.get_regs(), vcpu.get_sregs()) {
-        (Ok(regs), Ok(sregs)) => format!(
-            "vCPU {index} was at RIP {:#x} RSP {:#x} (CPL {}, IF {})",
-            regs.rip,
-            regs.rsp,
-            sregs.cs.selector & 3,
-            u8::from(regs.rflags & X86_EFLAGS_IF != 0)
-        ),
+        (Ok(regs), Ok(sregs)) => {
+            let mut position = format!(
+                "vCPU {index} was at RIP {:#x} RSP {:#x} (CPL {}, IF {})",
+                regs.rip,
+                regs.rsp,
+                sregs.cs.selector & 3,
+                u8::from(regs.rflags & X86_EFLAGS_IF != 0)
+            );
+            if let Some(symbol) = host_vm_entry_symbol(regs.rip) {
+                position.push_str(&format!(
+                    "; that is this host's own {symbol}: {HOST_STATE_IN_GUEST}"
+                ));
+            }
+            position
+        }
         (Err(err), _) | (_, Err(err)) => format!("vCPU {index}: cannot read its registers: {err}"),
     }
 }

@@ -3,10 +3,11 @@
 # the L2 initramfs (/init = gapprobe) and the L1 initramfs (gapprobe, Debian's KVM modules,
 # the L2 kernel and initramfs), boots L1 with `gapprobe boot --nested`, and prints the
 # nested JSON result that L1 left in the dump region.
-# usage (in T): [KERNEL=PATH] [VCPUS=N] sh /etc/vbm/nested.sh L2_VMS DURATION MAX_GAP BOOT_TIMEOUT [NESTED_ARGS...]
+# usage (in T): [KERNEL=PATH] [L2_KERNEL=PATH] [VCPUS=N] sh /etc/vbm/nested.sh L2_VMS DURATION MAX_GAP BOOT_TIMEOUT [NESTED_ARGS...]
 #   KERNEL: L1's kernel, with KVM built in (kernels/gapprobe.config); default T's own Debian
-#   kernel, whose KVM modules L1 then loads. The L2s always run T's Debian kernel (no hwlat
-#   tracer: gapprobe's own sampler).
+#   kernel, whose KVM modules L1 then loads.
+#   L2_KERNEL: the L2s' kernel; default T's Debian kernel (no hwlat tracer: gapprobe's own
+#   sampler).
 #   VCPUS: L1's vCPUs, 2 per core (default 4)
 # Lines starting with VBM-NESTED- are read by the test.
 
@@ -28,7 +29,7 @@ fi
 gapprobe initrd -o /tmp/l2.cpio >/dev/null || exit 1
 # shellcheck disable=SC2086 # module_adds is a list of words
 gapprobe initrd -o /tmp/l1.cpio \
-    --add /boot/vmlinuz=/l2/vmlinuz --add /tmp/l2.cpio=/l2/initrd $module_adds >/dev/null || exit 1
+    --add "${L2_KERNEL:-/boot/vmlinuz}"=/l2/vmlinuz --add /tmp/l2.cpio=/l2/initrd $module_adds >/dev/null || exit 1
 
 args="--l2-vms $vms --duration $duration --max-gap $max_gap $*"
 {

@@ -321,7 +321,7 @@ fn start_l2s(
                 );
                 println!(
                     "nested: vm{index} started, {}",
-                    describe_placement(&vcpu_threads)
+                    describe_placement(&vcpu_threads, cookie)
                 );
                 started.push(Some(StartedL2 { vm, vcpu_threads }));
             }
@@ -378,8 +378,9 @@ fn report_silent_l2s(stats: &[VmStats], l2s: &[Option<StartedL2>]) {
     }
 }
 
-/// `vCPU threads 301,302 on CPUs 2-3`, from what the kernel says about each thread.
-fn describe_placement(tids: &[i32]) -> String {
+/// `vCPU threads 301,302 on CPUs 2-3`, from what the kernel says about each thread, and with
+/// prctl cookies `, core-sched cookies 0x5e1f,0x5e1f` (PR_SCHED_CORE_GET per thread).
+fn describe_placement(tids: &[i32], cookie: &CookieSource) -> String {
     if tids.len() < L2_VCPUS as usize {
         return format!(
             "warning: found {} of its {L2_VCPUS} vCPU threads within {VCPU_THREAD_WAIT:?}",
@@ -399,7 +400,19 @@ fn describe_placement(tids: &[i32]) -> String {
         })
         .collect();
     let masks: Vec<String> = masks.into_iter().collect();
-    format!("vCPU threads {list} on CPUs {}", masks.join(" / "))
+    let mut placement = format!("vCPU threads {list} on CPUs {}", masks.join(" / "));
+    // The prctl's view of each thread's cookie: equal within a VM, different across VMs.
+    if matches!(cookie, CookieSource::Prctl) {
+        let cookies: Vec<String> = tids
+            .iter()
+            .map(|&tid| match coresched::prctl_get(tid) {
+                Ok(value) => format!("{value:#x}"),
+                Err(err) => format!("unknown ({err})"),
+            })
+            .collect();
+        placement.push_str(&format!(", core-sched cookies {}", cookies.join(",")));
+    }
+    placement
 }
 
 /// Relays L2 lines and keeps statistics until a gap over --max-gap, --duration, or the end
