@@ -155,7 +155,8 @@ started=$EPOCHREALTIME
 # a guest vCPU T's own state (its RIP read back as T's kvm_amd __svm_vcpu_run, just after
 # VMRUN; RSP on T's stack): that vCPU never ran again, the guest stalled or triple-faulted.
 # Nested L1s hit this within a minute (7 of 7 runs of the built kernel), plain guests rarely.
-# With 4-level paging in T the same nested runs pass (README, "The virtual bare metal").
+# With 4-level paging it is rarer (6 of 15 nested runs) but not gone; tests/vbm_harness.rs
+# runs T again when l1-harness names it (README, "The virtual bare metal").
 # stdbuf: QEMU's stdout is a pipe here and would otherwise be block-buffered.
 # -k: a QEMU that ignores SIGTERM is killed 5 s later.
 exec 3< <(timeout -k 5 "$timeout_s" stdbuf -oL qemu-system-x86_64 \

@@ -1,7 +1,7 @@
 //! Tells a hung guest from a broken host: a stopped vCPU whose RIP is the host kernel's own
 //! VM-entry code holds the host's state, not the guest's. Emulated SVM (QEMU TCG, the virtual
-//! bare metal of our tests) was seen doing that: the VMCB's guest save area got the host's
-//! registers, RIP just after the host's VMRUN, and the vCPU never ran again.
+//! bare metal of our tests) was seen doing that: the vCPU's registers read back as the host's
+//! own, RIP just after the host's VMRUN and RSP on the host's stack, and it never ran again.
 
 use std::fs;
 
