@@ -90,6 +90,9 @@ const VBM_EXIT_NO_RESULT: i32 = 4;
 /// scripts/vbm.sh: T did not finish within its timeout.
 const VBM_EXIT_TIMEOUT: i32 = 124;
 
+/// The kernel's soft-lockup watchdog (kernel/watchdog.c).
+const SOFT_LOCKUP: &str = "watchdog: BUG: soft lockup";
+
 /// The most runs of T one test makes when T's emulation fails under it. The SVM fault hit
 /// 4 of 11 nested runs of 45 s (README, "The virtual bare metal"): four runs make a test
 /// fail for it about once in 60.
@@ -98,8 +101,8 @@ const T_RUNS_AFTER_EMULATION_FAULTS: u32 = 4;
 /// Runs `command` in T with `adds` (SRC=DEST) copied in. Fails the test with the harness's
 /// message when T itself fails: a missing prerequisite (scripts/install-test-deps.sh
 /// installs them) or T's timeout. A fault of the emulation ([`emulation_fault`]: T's kernel
-/// crashed, seen in CI as "TASK stack guard page was hit", or froze, or its SVM gave a guest
-/// T's own state) is not something under test: that run is shown and T is run again, up to
+/// crashed, seen in CI as "TASK stack guard page was hit", froze or locked up, or its SVM gave
+/// a guest T's own state) is not something under test: that run is shown and T is run again, up to
 /// [`T_RUNS_AFTER_EMULATION_FAULTS`] times in all; the last run's result stands.
 pub fn run_in_t(options: &[&str], adds: &[String], command: &str, timeout_s: u32) -> TRun {
     let mut run = run_t_once(options, adds, command, timeout_s);
@@ -125,17 +128,27 @@ pub fn run_in_t(options: &[&str], adds: &[String], command: &str, timeout_s: u32
 }
 
 /// A fault of T itself (QEMU TCG), not of what runs in it: T's kernel died before the
-/// command's status came or froze as it started, or T's emulated SVM gave a guest vCPU T's
-/// own state, which l1-harness recognises when the guest then hangs (README, "The virtual
-/// bare metal").
+/// command's status came, froze as it started or locked up, or T's emulated SVM gave a guest
+/// vCPU T's own state, which l1-harness recognises when the guest then hangs (README, "The
+/// virtual bare metal").
 fn emulation_fault(run: &TRun) -> Option<String> {
     if run.status == Some(VBM_EXIT_NO_RESULT) {
         return Some("T itself crashed (QEMU TCG) before the command's status came".to_string());
     }
-    if run.status == Some(VBM_EXIT_TIMEOUT) && t_went_silent(run) {
-        return Some(
-            "T froze as the command started: not one console line until its timeout".into(),
-        );
+    if run.status == Some(VBM_EXIT_TIMEOUT) {
+        if t_went_silent(run) {
+            return Some(
+                "T froze as the command started: not one console line until its timeout".into(),
+            );
+        }
+        // Every guest in T has a timeout of its own, shorter than T's: a soft lockup that
+        // outlives them all is T's kernel stuck.
+        if let Some(lockup) = run.console.lines().find(|line| line.contains(SOFT_LOCKUP)) {
+            return Some(format!(
+                "T's own kernel locked up and T did not finish ({})",
+                lockup.trim()
+            ));
+        }
     }
     let evidence = run
         .console
