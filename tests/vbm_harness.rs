@@ -133,7 +133,15 @@ pub fn run_in_t(options: &[&str], adds: &[String], command: &str, timeout_s: u32
 /// virtual bare metal").
 fn emulation_fault(run: &TRun) -> Option<String> {
     if run.status == Some(VBM_EXIT_NO_RESULT) {
-        return Some("T itself crashed (QEMU TCG) before the command's status came".to_string());
+        // The kernel's first words about its crash, as evidence in the note.
+        let oops = run
+            .console
+            .lines()
+            .find(|line| line.contains("BUG:") || line.contains("Kernel panic"))
+            .map_or("no oops line on its console", str::trim);
+        return Some(format!(
+            "T itself crashed (QEMU TCG) before the command's status came ({oops})"
+        ));
     }
     if run.status == Some(VBM_EXIT_TIMEOUT) {
         if t_went_silent(run) {
