@@ -134,11 +134,10 @@ pub fn run_in_t(options: &[&str], adds: &[String], command: &str, timeout_s: u32
 fn emulation_fault(run: &TRun) -> Option<String> {
     if run.status == Some(VBM_EXIT_NO_RESULT) {
         // The kernel's first words about its crash, as evidence in the note.
-        let oops = run
-            .console
-            .lines()
-            .find(|line| line.contains("BUG:") || line.contains("Kernel panic"))
-            .map_or("no oops line on its console", str::trim);
+        let oops = first_console_line(run, |line| {
+            line.contains("BUG:") || line.contains("Kernel panic")
+        })
+        .unwrap_or("no oops line on its console");
         return Some(format!(
             "T itself crashed (QEMU TCG) before the command's status came ({oops})"
         ));
@@ -151,21 +150,24 @@ fn emulation_fault(run: &TRun) -> Option<String> {
         }
         // Every guest in T has a timeout of its own, shorter than T's: a soft lockup that
         // outlives them all is T's kernel stuck.
-        if let Some(lockup) = run.console.lines().find(|line| line.contains(SOFT_LOCKUP)) {
+        if let Some(lockup) = first_console_line(run, |line| line.contains(SOFT_LOCKUP)) {
             return Some(format!(
-                "T's own kernel locked up and T did not finish ({})",
-                lockup.trim()
+                "T's own kernel locked up and T did not finish ({lockup})"
             ));
         }
     }
-    let evidence = run
-        .console
-        .lines()
-        .find(|line| line.contains(l1_harness::HOST_STATE_IN_GUEST))?;
+    let evidence = first_console_line(run, |line| line.contains(l1_harness::HOST_STATE_IN_GUEST))?;
     Some(format!(
-        "T's emulated SVM (QEMU TCG) gave a guest vCPU T's own state and the guest hung ({})",
-        evidence.trim()
+        "T's emulated SVM (QEMU TCG) gave a guest vCPU T's own state and the guest hung ({evidence})"
     ))
+}
+
+/// The first line of T's console that `matches`, trimmed: the evidence a note quotes.
+fn first_console_line(run: &TRun, matches: impl Fn(&str) -> bool) -> Option<&str> {
+    run.console
+        .lines()
+        .find(|line| matches(line))
+        .map(str::trim)
 }
 
 /// Nothing on T's console between its rc starting the command and QEMU being killed: T's
