@@ -133,11 +133,22 @@ pub fn run_in_t(options: &[&str], adds: &[String], command: &str, timeout_s: u32
 /// virtual bare metal").
 fn emulation_fault(run: &TRun) -> Option<String> {
     if run.status == Some(VBM_EXIT_NO_RESULT) {
-        // The kernel's first words about its crash, as evidence in the note.
+        // The kernel's or QEMU's first words about the crash, as evidence in the note; with
+        // neither (QEMU exits silently on a triple fault: -no-reboot), the last line.
         let oops = first_console_line(run, |line| {
-            line.contains("BUG:") || line.contains("Kernel panic")
+            line.contains("BUG:")
+                || line.contains("Kernel panic")
+                || line.starts_with("qemu-system-x86_64:")
         })
-        .unwrap_or("no oops line on its console");
+        .or_else(|| {
+            run.console
+                .lines()
+                .rev()
+                .find(|line| !line.trim().is_empty())
+        })
+        .map_or("an empty console".to_string(), |line| {
+            format!("console: {}", line.trim())
+        });
         return Some(format!(
             "T itself crashed (QEMU TCG) before the command's status came ({oops})"
         ));
