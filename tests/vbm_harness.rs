@@ -90,6 +90,9 @@ const VBM_EXIT_NO_RESULT: i32 = 4;
 /// scripts/vbm.sh: T did not finish within its timeout.
 const VBM_EXIT_TIMEOUT: i32 = 124;
 
+/// How l1-harness reports a guest's triple fault (KVM_EXIT_SHUTDOWN).
+const GUEST_TRIPLE_FAULT: &str = "triple fault (KVM_EXIT_SHUTDOWN)";
+
 /// The kernel's soft-lockup watchdog (kernel/watchdog.c).
 const SOFT_LOCKUP: &str = "watchdog: BUG: soft lockup";
 
@@ -129,8 +132,8 @@ pub fn run_in_t(options: &[&str], adds: &[String], command: &str, timeout_s: u32
 
 /// A fault of T itself (QEMU TCG), not of what runs in it: T's kernel died before the
 /// command's status came, froze as it started or locked up, or T's emulated SVM gave a guest
-/// vCPU T's own state, which l1-harness recognises when the guest then hangs (README, "The
-/// virtual bare metal").
+/// vCPU T's own state, which l1-harness recognises when the guest then hangs, and which a
+/// guest's triple fault is taken for (README, "The virtual bare metal").
 fn emulation_fault(run: &TRun) -> Option<String> {
     if run.status == Some(VBM_EXIT_NO_RESULT) {
         // The kernel's or QEMU's first words about the crash, as evidence in the note; with
@@ -166,6 +169,14 @@ fn emulation_fault(run: &TRun) -> Option<String> {
                 "T's own kernel locked up and T did not finish ({lockup})"
             ));
         }
+    }
+    // The same fault can make the guest triple-fault instead, and KVM then resets the vCPU
+    // before anyone can look at it: a triple fault in T is counted as the fault too. One that
+    // a guest really makes every time still fails, on the last run.
+    if let Some(shutdown) = first_console_line(run, |line| line.contains(GUEST_TRIPLE_FAULT)) {
+        return Some(format!(
+            "a guest in T triple-faulted, which T's SVM fault also causes ({shutdown})"
+        ));
     }
     let evidence = first_console_line(run, |line| line.contains(l1_harness::HOST_STATE_IN_GUEST))?;
     Some(format!(

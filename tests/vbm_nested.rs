@@ -26,8 +26,9 @@ static ONE_T_AT_A_TIME: Mutex<()> = Mutex::new(());
 const L1_TIMEOUT: &str = "100s";
 const T_TIMEOUT_S: u32 = 180;
 
-/// How long the relay tests let two L2s sample. Runs of 45 s gave 21-31 samples per VM; the
-/// longer a run, the likelier T's emulation fault hits it.
+/// How long L1 lets the relay tests' two L2s run (booting included). Runs of 45 s gave 21-31
+/// samples per VM; 30 s left Debian's L2s without a sample. The longer a run, the likelier
+/// T's emulation fault hits it.
 const RELAY_DURATION: &str = "45s";
 
 /// L1's vCPUs: one core x 2 threads. T has two CPUs; four `idle=poll` vCPUs on them left the
