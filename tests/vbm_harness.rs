@@ -97,8 +97,8 @@ const GUEST_TRIPLE_FAULT: &str = "triple fault (KVM_EXIT_SHUTDOWN)";
 const SOFT_LOCKUP: &str = "watchdog: BUG: soft lockup";
 
 /// The most runs of T one test makes when T's emulation fails under it. The SVM fault hit
-/// 4 of 11 nested runs of 45 s (README, "The virtual bare metal"): four runs make a test
-/// fail for it about once in 60.
+/// 4 of 11 nested runs of 45 s by hand, and three in a row once in CI (README, "The virtual
+/// bare metal").
 const T_RUNS_AFTER_EMULATION_FAULTS: u32 = 4;
 
 /// Runs `command` in T with `adds` (SRC=DEST) copied in. Fails the test with the harness's
